@@ -1,0 +1,342 @@
+//! The async Rust client: one connection, many jobs in flight, answers
+//! matched by tag (they may come back in any order), parts streamed as they
+//! arrive.
+//!
+//! A reader task routes each answer to the job's own channel; a writer task
+//! batches submits into few writes. Both end when the [`Client`] is dropped
+//! or the master hangs up; jobs still waiting then see
+//! [`ClientError::Disconnected`].
+
+use crate::codec::{self, CodecError};
+use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
+use crate::reason::Reason;
+use crate::stats::Stats;
+use bytes::{Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long `connect` waits for the master's welcome.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A job that ended without a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    /// The master's job id (0 if refused before one was given).
+    pub job: u64,
+    /// The reason word.
+    pub reason: Reason,
+    /// Detail text.
+    pub message: String,
+    /// The submit's context, unchanged.
+    pub context: Bytes,
+}
+
+impl fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// A job's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The master's job id.
+    pub job: u64,
+    /// The module's response bytes.
+    pub output: Bytes,
+    /// The submit's context, unchanged.
+    pub context: Bytes,
+}
+
+/// One thing that happened to a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// A part, in the order the module sent them.
+    Part(Bytes),
+    /// The final response.
+    Completed(Completed),
+    /// The job failed.
+    Failed(JobFailure),
+}
+
+/// What the client can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or writing failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The master sent something unreadable.
+    #[error("protocol: {0}")]
+    Codec(#[from] CodecError),
+    /// The master refused the hello.
+    #[error("refused by master: {0}")]
+    Refused(String),
+    /// No welcome arrived in time.
+    #[error("no welcome from master within {0:?}")]
+    Timeout(Duration),
+    /// The connection is gone; the job's outcome is unknown.
+    #[error("connection to master lost")]
+    Disconnected,
+    /// The job failed with a reason.
+    #[error("job failed: {0}")]
+    Job(JobFailure),
+    /// The input is larger than the master accepts.
+    #[error("input of {len} bytes exceeds the master's limit of {max}")]
+    TooLarge {
+        /// Input length.
+        len: usize,
+        /// The master's payload limit.
+        max: usize,
+    },
+    /// A typed answer could not be decoded.
+    #[error("bad stats JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Default)]
+struct Routes {
+    jobs: HashMap<u64, mpsc::UnboundedSender<JobEvent>>,
+    stats: HashMap<u64, oneshot::Sender<String>>,
+    closed: bool,
+}
+
+/// A connection to a master.
+pub struct Client {
+    out: mpsc::UnboundedSender<ToMaster>,
+    routes: Arc<Mutex<Routes>>,
+    next_tag: AtomicU64,
+    max_payload: usize,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Answers of one submitted job.
+pub struct JobHandle {
+    tag: u64,
+    rx: mpsc::UnboundedReceiver<JobEvent>,
+}
+
+impl JobHandle {
+    /// The tag this job was submitted with.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// The next part or the final answer.
+    pub async fn next_event(&mut self) -> Result<JobEvent, ClientError> {
+        self.rx.recv().await.ok_or(ClientError::Disconnected)
+    }
+
+    /// Waits for the final answer, skipping parts.
+    pub async fn finish(mut self) -> Result<Completed, ClientError> {
+        loop {
+            match self.next_event().await? {
+                JobEvent::Part(_) => {}
+                JobEvent::Completed(done) => return Ok(done),
+                JobEvent::Failed(failure) => return Err(ClientError::Job(failure)),
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Connects and says hello as a client.
+    pub async fn connect(
+        addr: impl ToSocketAddrs,
+        token: Option<String>,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, mut write) = stream.into_split();
+        let hello = Hello::Client(ClientHello {
+            version: PROTOCOL_VERSION,
+            token,
+        });
+        write.write_all(&codec::to_frame(&hello)?).await?;
+        let mut reader = codec::frame_reader(read, codec::DEFAULT_MAX_PAYLOAD);
+        let welcome = tokio::time::timeout(
+            WELCOME_TIMEOUT,
+            codec::read_message::<ToClient, _>(&mut reader),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(WELCOME_TIMEOUT))??;
+        let max_payload = match welcome {
+            Some(ToClient::Welcome { max_payload, .. }) => max_payload as usize,
+            Some(ToClient::Refused { message }) => return Err(ClientError::Refused(message)),
+            Some(other) => {
+                return Err(CodecError::Malformed(format!("expected welcome, got {other:?}")).into())
+            }
+            None => return Err(ClientError::Disconnected),
+        };
+        let (out, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _ = codec::write_batched(write, rx, |m: ToMaster, buf: &mut BytesMut| {
+                codec::encode(&m, buf)
+            })
+            .await;
+        });
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let reader = tokio::spawn(route_answers(reader, routes.clone()));
+        Ok(Client {
+            out,
+            routes,
+            next_tag: AtomicU64::new(1),
+            max_payload,
+            reader,
+        })
+    }
+
+    /// The largest input the master accepts.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Submits a job; its answers arrive on the returned handle.
+    pub fn submit(
+        &self,
+        module: &str,
+        input: impl Into<Bytes>,
+        context: impl Into<Bytes>,
+    ) -> Result<JobHandle, ClientError> {
+        let input = input.into();
+        if input.len() > self.max_payload {
+            return Err(ClientError::TooLarge {
+                len: input.len(),
+                max: self.max_payload,
+            });
+        }
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut routes = self.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Disconnected);
+            }
+            routes.jobs.insert(tag, tx);
+        }
+        let msg = ToMaster::Submit {
+            tag,
+            module: module.to_owned(),
+            context: context.into(),
+            input,
+        };
+        if self.out.send(msg).is_err() {
+            self.routes.lock().expect("routes lock").jobs.remove(&tag);
+            return Err(ClientError::Disconnected);
+        }
+        Ok(JobHandle { tag, rx })
+    }
+
+    /// Runs one job and returns its response bytes (the task-master's
+    /// `do-task`).
+    pub async fn do_task(
+        &self,
+        module: &str,
+        input: impl Into<Bytes>,
+    ) -> Result<Bytes, ClientError> {
+        Ok(self.submit(module, input, Bytes::new())?.finish().await?.output)
+    }
+
+    /// Runs one job whose input and output are serde values (encoded with
+    /// [`codec::encode_value`]; a module decodes them with the handler
+    /// library's typed helpers).
+    pub async fn do_typed<I: Serialize, O: DeserializeOwned>(
+        &self,
+        module: &str,
+        input: &I,
+    ) -> Result<O, ClientError> {
+        let bytes = codec::encode_value(input)?;
+        let out = self.do_task(module, bytes).await?;
+        Ok(codec::decode_value(&out)?)
+    }
+
+    /// Pool and queue figures as the master's JSON text.
+    pub async fn stats_json(&self) -> Result<String, ClientError> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut routes = self.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Disconnected);
+            }
+            routes.stats.insert(tag, tx);
+        }
+        self.out
+            .send(ToMaster::Stats { tag })
+            .map_err(|_| ClientError::Disconnected)?;
+        rx.await.map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Pool and queue figures.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        Ok(serde_json::from_str(&self.stats_json().await?)?)
+    }
+}
+
+async fn route_answers(
+    mut reader: codec::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    routes: Arc<Mutex<Routes>>,
+) {
+    while let Ok(Some(msg)) = codec::read_message::<ToClient, _>(&mut reader).await {
+        let mut routes = routes.lock().expect("routes lock");
+        match msg {
+            ToClient::Part { tag, data } => {
+                if let Some(tx) = routes.jobs.get(&tag) {
+                    let _ = tx.send(JobEvent::Part(data));
+                }
+            }
+            ToClient::Completed {
+                tag,
+                job,
+                context,
+                output,
+            } => {
+                if let Some(tx) = routes.jobs.remove(&tag) {
+                    let _ = tx.send(JobEvent::Completed(Completed {
+                        job,
+                        output,
+                        context,
+                    }));
+                }
+            }
+            ToClient::Failed {
+                tag,
+                job,
+                reason,
+                message,
+                context,
+            } => {
+                if let Some(tx) = routes.jobs.remove(&tag) {
+                    let _ = tx.send(JobEvent::Failed(JobFailure {
+                        job,
+                        reason,
+                        message,
+                        context,
+                    }));
+                }
+            }
+            ToClient::Stats { tag, json } => {
+                if let Some(tx) = routes.stats.remove(&tag) {
+                    let _ = tx.send(json);
+                }
+            }
+            ToClient::Welcome { .. } | ToClient::Refused { .. } => {}
+        }
+    }
+    let mut routes = routes.lock().expect("routes lock");
+    routes.closed = true;
+    routes.jobs.clear();
+    routes.stats.clear();
+}

@@ -1,0 +1,444 @@
+//! Framing and encoding: the only place that calls bincode, so the format can
+//! be swapped in this one file.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes: a bincode
+//! header (little-endian, fixed-width integers) and, for messages that carry
+//! one, the raw payload filling the rest of the frame. The length is checked
+//! against the limit before anything is allocated, and bincode itself is
+//! bounded to [`HEADER_LIMIT`] so a small frame cannot claim a huge vector.
+
+use crate::messages::Message;
+use bincode::config::{Configuration, Fixint, LittleEndian, Limit};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{self, Read};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+/// Largest bincode header (everything but the payload). Module names and
+/// failure messages live here; without a bound a 10-byte frame could make
+/// bincode allocate gigabytes for a claimed string length.
+pub const HEADER_LIMIT: usize = 64 * 1024;
+
+/// Default largest payload (job input, part, response): 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+pub const LENGTH_BYTES: usize = 4;
+
+/// Writers flush once this much is buffered even if more frames wait, so one
+/// busy peer cannot make a writer hold an unbounded buffer.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// After a big payload, a writer's buffer is dropped back to this capacity.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+type Config = Configuration<LittleEndian, Fixint, Limit<HEADER_LIMIT>>;
+
+fn config() -> Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<HEADER_LIMIT>()
+}
+
+/// The largest frame (after the length prefix) for a payload limit.
+pub fn max_frame_len(max_payload: usize) -> usize {
+    max_payload.saturating_add(HEADER_LIMIT)
+}
+
+/// What can go wrong reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The length prefix announced more than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The peer closed in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// The bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A message could not be encoded (header too large, say).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Appends one frame (length, header, payload) for `msg` to `dst`.
+pub fn encode<M: Message>(msg: &M, dst: &mut BytesMut) -> Result<(), CodecError> {
+    let start = dst.len();
+    dst.put_u32(0);
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, &mut (&mut *dst).writer(), config())
+    {
+        dst.truncate(start);
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    if dst.len() - start - LENGTH_BYTES > HEADER_LIMIT {
+        dst.truncate(start);
+        return Err(CodecError::Encode(format!(
+            "header exceeds {HEADER_LIMIT} bytes"
+        )));
+    }
+    if let Some(payload) = msg.payload() {
+        dst.extend_from_slice(payload);
+    }
+    let len = dst.len() - start - LENGTH_BYTES;
+    let Ok(len32) = u32::try_from(len) else {
+        dst.truncate(start);
+        return Err(CodecError::Encode(format!("frame of {len} bytes is too long")));
+    };
+    dst[start..start + LENGTH_BYTES].copy_from_slice(&len32.to_be_bytes());
+    Ok(())
+}
+
+/// Decodes one frame's body (the bytes after the length prefix). The payload
+/// is split off the frame without copying.
+pub fn decode<M: Message>(mut frame: BytesMut) -> Result<M, CodecError> {
+    let (mut msg, used): (M, usize) = bincode::serde::decode_from_slice(&frame, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let tail = frame.split_off(used).freeze();
+    let tail_len = tail.len();
+    if !msg.set_payload(tail) && tail_len != 0 {
+        return Err(CodecError::Malformed(format!(
+            "{tail_len} unexpected bytes after the message"
+        )));
+    }
+    Ok(msg)
+}
+
+/// Encodes a value for a typed job input or output (same format as headers,
+/// without the header limit).
+pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a value written by [`encode_value`]; the whole input must be used.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} unexpected bytes after the value",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// An async frame reader (cancel-safe, so it can sit in `select!`).
+pub type FrameReader<R> = FramedRead<R, LengthDelimitedCodec>;
+
+/// Wraps a reader in the 4-byte big-endian length codec with a frame limit.
+pub fn frame_reader<R: AsyncRead>(io: R, max_payload: usize) -> FrameReader<R> {
+    FramedRead::with_capacity(
+        io,
+        LengthDelimitedCodec::builder()
+            .length_field_length(LENGTH_BYTES)
+            .big_endian()
+            .max_frame_length(max_frame_len(max_payload))
+            .new_codec(),
+        16 * 1024,
+    )
+}
+
+/// Reads and decodes the next message; `Ok(None)` on a clean end of stream.
+pub async fn read_message<M, R>(reader: &mut FrameReader<R>) -> Result<Option<M>, CodecError>
+where
+    M: Message,
+    R: AsyncRead + Unpin,
+{
+    use futures_util::StreamExt;
+    match reader.next().await {
+        None => Ok(None),
+        Some(Ok(frame)) => decode(frame).map(Some),
+        Some(Err(e)) => Err(classify_read_error(e, reader.decoder().max_frame_length())),
+    }
+}
+
+fn classify_read_error(e: io::Error, max: usize) -> CodecError {
+    let text = e.to_string();
+    if e.kind() == io::ErrorKind::InvalidData && text.contains("frame size too big") {
+        CodecError::FrameTooLarge { len: 0, max }
+    } else if e.kind() == io::ErrorKind::UnexpectedEof || text.contains("bytes remaining") {
+        CodecError::Truncated
+    } else {
+        CodecError::Io(e)
+    }
+}
+
+/// Blocking read of one frame body, for the handler child's plain threads.
+/// `Ok(None)` on end of stream before a frame starts.
+pub fn read_frame_blocking<R: Read>(
+    io: &mut R,
+    max_payload: usize,
+) -> Result<Option<BytesMut>, CodecError> {
+    let mut len = [0u8; LENGTH_BYTES];
+    let mut got = 0;
+    while got < LENGTH_BYTES {
+        match io.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(CodecError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    let max = max_frame_len(max_payload);
+    if len > max {
+        return Err(CodecError::FrameTooLarge { len, max });
+    }
+    let mut body = BytesMut::zeroed(len);
+    io.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => CodecError::Truncated,
+        _ => CodecError::Io(e),
+    })?;
+    Ok(Some(body))
+}
+
+/// Drives one connection's outgoing side: waits for a message, then encodes
+/// every message already waiting into one buffer and writes it with one
+/// syscall, so under load frames share writes instead of costing one each.
+/// Ends when every sender is gone (after writing what they sent) or on error.
+pub async fn write_batched<T, W, F>(
+    mut io: W,
+    mut rx: mpsc::UnboundedReceiver<T>,
+    mut encode_one: F,
+) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+    F: FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
+{
+    let mut buf = BytesMut::with_capacity(KEEP_CAPACITY);
+    while let Some(first) = rx.recv().await {
+        encode_one(first, &mut buf)?;
+        while buf.len() < FLUSH_AT {
+            match rx.try_recv() {
+                Ok(next) => encode_one(next, &mut buf)?,
+                Err(_) => break,
+            }
+        }
+        io.write_all(&buf).await?;
+        buf.clear();
+        if buf.capacity() > 4 * KEEP_CAPACITY {
+            buf = BytesMut::with_capacity(KEEP_CAPACITY);
+        }
+    }
+    io.shutdown().await.ok();
+    Ok(())
+}
+
+/// Encodes a message into a fresh frame (tests, one-off writes).
+pub fn to_frame<M: Message>(msg: &M) -> Result<Bytes, CodecError> {
+    let mut buf = BytesMut::new();
+    encode(msg, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::*;
+    use crate::reason::Reason;
+    use std::fmt::Debug;
+
+    fn roundtrip<M: Message + PartialEq + Debug>(msg: M) {
+        let frame = to_frame(&msg).unwrap();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let back: M = decode(BytesMut::from(&frame[4..])).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        roundtrip(Hello::Handler(HandlerHello {
+            version: PROTOCOL_VERSION,
+            child_id: 7,
+            pid: 1234,
+            secret: [9; SECRET_LEN],
+            modules: vec!["echo".into(), "sleep".into()],
+        }));
+        roundtrip(Hello::Client(ClientHello {
+            version: PROTOCOL_VERSION,
+            token: Some("t".into()),
+        }));
+        roundtrip(Hello::Client(ClientHello {
+            version: PROTOCOL_VERSION,
+            token: None,
+        }));
+        roundtrip(ToHandler::Job {
+            job: 1,
+            module: "echo".into(),
+            input: Bytes::from_static(b"hello"),
+        });
+        roundtrip(FromHandler::Part {
+            job: 1,
+            data: Bytes::from_static(b"1\n"),
+        });
+        roundtrip(FromHandler::Done {
+            job: 1,
+            retire: true,
+            output: Bytes::from_static(b""),
+        });
+        roundtrip(FromHandler::Failed {
+            job: 1,
+            reason: Reason::Failed,
+            message: "boom".into(),
+            retire: false,
+        });
+        roundtrip(ToMaster::Submit {
+            tag: u64::MAX,
+            module: "sha256".into(),
+            context: Bytes::from_static(b"ctx"),
+            input: Bytes::from(vec![0u8; 100_000]),
+        });
+        roundtrip(ToMaster::Stats { tag: 3 });
+        roundtrip(ToClient::Welcome {
+            version: 1,
+            max_payload: 42,
+        });
+        roundtrip(ToClient::Refused {
+            message: "no".into(),
+        });
+        roundtrip(ToClient::Part {
+            tag: 1,
+            data: Bytes::from_static(b"x"),
+        });
+        roundtrip(ToClient::Completed {
+            tag: 1,
+            job: 2,
+            context: Bytes::new(),
+            output: Bytes::from_static(b"out"),
+        });
+        for reason in Reason::ALL {
+            roundtrip(ToClient::Failed {
+                tag: 1,
+                job: 2,
+                reason,
+                message: "m".into(),
+                context: Bytes::from_static(b"c"),
+            });
+        }
+        roundtrip(ToClient::Stats {
+            tag: 1,
+            json: "{}".into(),
+        });
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        // docs/protocol.md: Submit is variant 0 (u32 LE), tag u64 LE, module
+        // as u64 LE length + UTF-8, context as u64 LE length + bytes, then the
+        // raw payload.
+        let frame = to_frame(&ToMaster::Submit {
+            tag: 5,
+            module: "echo".into(),
+            context: Bytes::from_static(b"c"),
+            input: Bytes::from_static(b"hi"),
+        })
+        .unwrap();
+        let mut want = vec![];
+        want.extend_from_slice(&0u32.to_le_bytes());
+        want.extend_from_slice(&5u64.to_le_bytes());
+        want.extend_from_slice(&4u64.to_le_bytes());
+        want.extend_from_slice(b"echo");
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(b"c");
+        want.extend_from_slice(b"hi");
+        assert_eq!(&frame[..4], &(want.len() as u32).to_be_bytes());
+        assert_eq!(&frame[4..], &want[..]);
+    }
+
+    #[test]
+    fn malformed_input_is_rejected() {
+        // Unknown variant.
+        let mut f = BytesMut::new();
+        f.put_u32_le(99);
+        assert!(matches!(
+            decode::<ToMaster>(f),
+            Err(CodecError::Malformed(_))
+        ));
+        // Truncated header.
+        let frame = to_frame(&ToMaster::Stats { tag: 1 }).unwrap();
+        assert!(decode::<ToMaster>(BytesMut::from(&frame[4..8])).is_err());
+        // Trailing bytes after a payload-less message.
+        let mut body = BytesMut::from(&frame[4..]);
+        body.put_u8(1);
+        assert!(matches!(
+            decode::<ToMaster>(body),
+            Err(CodecError::Malformed(_))
+        ));
+        // A string length far beyond the header limit must not allocate.
+        let mut f = BytesMut::new();
+        f.put_u32_le(0);
+        f.put_u64_le(1);
+        f.put_u64_le(u64::MAX / 2);
+        assert!(decode::<ToMaster>(f).is_err());
+        // Empty frame.
+        assert!(decode::<ToClient>(BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn blocking_reader_checks_limit_before_allocating() {
+        let mut data: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2];
+        assert!(matches!(
+            read_frame_blocking(&mut data, 1024),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+        let mut data: &[u8] = &[0, 0, 0, 10, 1, 2];
+        assert!(matches!(
+            read_frame_blocking(&mut data, 1024),
+            Err(CodecError::Truncated)
+        ));
+        let mut data: &[u8] = &[];
+        assert!(read_frame_blocking(&mut data, 1024).unwrap().is_none());
+        let frame = to_frame(&ToMaster::Stats { tag: 1 }).unwrap();
+        let mut data: &[u8] = &frame;
+        let body = read_frame_blocking(&mut data, 1024).unwrap().unwrap();
+        assert_eq!(decode::<ToMaster>(body).unwrap(), ToMaster::Stats { tag: 1 });
+    }
+
+    #[tokio::test]
+    async fn async_reader_rejects_oversized_and_truncated() {
+        let mut big: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0, 0];
+        let mut r = frame_reader(&mut big, 1024);
+        assert!(matches!(
+            read_message::<ToMaster, _>(&mut r).await,
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+        let mut short: &[u8] = &[0, 0, 0, 10, 1];
+        let mut r = frame_reader(&mut short, 1024);
+        assert!(matches!(
+            read_message::<ToMaster, _>(&mut r).await,
+            Err(CodecError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn batched_writer_writes_every_frame() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for tag in 0..100u64 {
+            tx.send(ToMaster::Stats { tag }).unwrap();
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        write_batched(&mut out, rx, |m, b| encode(&m, b)).await.unwrap();
+        let mut r = frame_reader(&out[..], 1024);
+        for tag in 0..100u64 {
+            let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
+            assert_eq!(m, ToMaster::Stats { tag });
+        }
+        assert!(read_message::<ToMaster, _>(&mut r).await.unwrap().is_none());
+    }
+}

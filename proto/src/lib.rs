@@ -1,0 +1,45 @@
+//! The taskmaster wire: messages, framing codec, handshake, and the async
+//! Rust client. Nothing here knows about pools or processes.
+//!
+//! # Layout
+//!
+//! - [`messages`]: one enum per direction, one variant per operation.
+//! - [`codec`]: framing and bincode, the only place that encodes or decodes.
+//! - [`handshake`]: the hello, its deadline, constant-time secret check.
+//! - [`reason`]: the failure reasons of SPEC section 5.
+//! - [`stats`]: the `taskmaster stats` figures.
+//! - [`client`]: the async client (many jobs in flight, parts, `do_task`).
+//!
+//! # Frames
+//!
+//! ```text
+//! +----------------+---------------------------+----------------------+
+//! | length: u32 BE | bincode header            | payload (raw bytes)  |
+//! | = header+payld | (LE, fixed-width ints)    | rest of the frame    |
+//! +----------------+---------------------------+----------------------+
+//! ```
+//!
+//! # A job's messages
+//!
+//! ```text
+//! client                      master                        child
+//!   | Hello::Client ------------>|                              |
+//!   |<------------- Welcome      |<----------- Hello::Handler   |
+//!   | Submit{tag} -------------->| (queue or free child)        |
+//!   |                            | ToHandler::Job{job} -------->|
+//!   |<------------- Part{tag}    |<------------ Part{job}       |  (0..n)
+//!   |<------------- Completed    |<------------ Done{job}       |
+//!   |     or Failed{reason}      |          or Failed{job}      |
+//! ```
+
+pub mod client;
+pub mod codec;
+pub mod handshake;
+pub mod messages;
+pub mod reason;
+pub mod stats;
+
+pub use client::{Client, ClientError, Completed, JobEvent, JobFailure, JobHandle};
+pub use messages::{PROTOCOL_VERSION, SECRET_LEN};
+pub use reason::Reason;
+pub use stats::Stats;

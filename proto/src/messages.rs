@@ -1,0 +1,261 @@
+//! Every message on the wire, one enum per direction. Each variant is one
+//! operation; its doc says who sends it and when. Fields marked
+//! `#[serde(skip)]` are the frame's *payload*: raw bytes after the bincode
+//! header, so job data is never re-encoded or copied by bincode
+//! (see [`crate::codec`]).
+
+use crate::reason::Reason;
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Protocol version carried in every hello; bumped on any wire change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Length of the per-child secret a handler proves itself with.
+pub const SECRET_LEN: usize = 32;
+
+/// A wire message: a bincode header plus, for some variants, a raw payload.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The payload carried after the header, if this variant has one.
+    fn payload(&self) -> Option<&Bytes>;
+    /// Puts the decoded payload in place; `false` if this variant has none
+    /// (then a non-empty tail is a malformed frame).
+    fn set_payload(&mut self, payload: Bytes) -> bool;
+}
+
+/// The first frame on every connection: it names the role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hello {
+    /// A child the master spawned, connecting back.
+    Handler(HandlerHello),
+    /// A service (or the CLI) that will submit jobs.
+    Client(ClientHello),
+}
+
+/// A handler child's hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerHello {
+    /// [`PROTOCOL_VERSION`] of the handler library.
+    pub version: u32,
+    /// The id the master gave this child on its command line.
+    pub child_id: u64,
+    /// The child's own pid, checked against the pid the master spawned.
+    pub pid: u32,
+    /// The secret the master wrote on the child's stdin.
+    pub secret: [u8; SECRET_LEN],
+    /// Names of the modules this child runs.
+    pub modules: Vec<String>,
+}
+
+/// A client's hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub version: u32,
+    /// The client token, when the master requires one.
+    pub token: Option<String>,
+}
+
+impl Message for Hello {
+    fn payload(&self) -> Option<&Bytes> {
+        None
+    }
+    fn set_payload(&mut self, _: Bytes) -> bool {
+        false
+    }
+}
+
+/// Master → handler child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToHandler {
+    /// Run `module` on the payload. A child holds at most one job.
+    Job {
+        /// The master's job id, echoed in every answer.
+        job: u64,
+        /// Module name.
+        module: String,
+        /// Input bytes (payload).
+        #[serde(skip)]
+        input: Bytes,
+    },
+}
+
+impl Message for ToHandler {
+    fn payload(&self) -> Option<&Bytes> {
+        match self {
+            ToHandler::Job { input, .. } => Some(input),
+        }
+    }
+    fn set_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            ToHandler::Job { input, .. } => *input = payload,
+        }
+        true
+    }
+}
+
+/// Handler child → master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromHandler {
+    /// A part of the response, sent before the final answer.
+    Part {
+        /// Job id.
+        job: u64,
+        /// Part bytes (payload).
+        #[serde(skip)]
+        data: Bytes,
+    },
+    /// The module finished; the payload is its response.
+    Done {
+        /// Job id.
+        job: u64,
+        /// The child will exit after this answer: give it no more jobs.
+        retire: bool,
+        /// Response bytes (payload).
+        #[serde(skip)]
+        output: Bytes,
+    },
+    /// The job failed inside the child.
+    Failed {
+        /// Job id.
+        job: u64,
+        /// Usually [`Reason::Failed`]; `UnknownModule` if the child lacks it.
+        reason: Reason,
+        /// Human-readable text (the module's message, a panic message).
+        message: String,
+        /// The child will exit after this answer (after a panic, say).
+        retire: bool,
+    },
+}
+
+impl Message for FromHandler {
+    fn payload(&self) -> Option<&Bytes> {
+        match self {
+            FromHandler::Part { data, .. } => Some(data),
+            FromHandler::Done { output, .. } => Some(output),
+            FromHandler::Failed { .. } => None,
+        }
+    }
+    fn set_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            FromHandler::Part { data, .. } => *data = payload,
+            FromHandler::Done { output, .. } => *output = payload,
+            FromHandler::Failed { .. } => return false,
+        }
+        true
+    }
+}
+
+/// Client → master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToMaster {
+    /// Submit a job. Many may be in flight on one connection.
+    Submit {
+        /// Client-chosen tag, returned with every answer for this job.
+        tag: u64,
+        /// Module name.
+        module: String,
+        /// Opaque bytes returned with the final answer (the task-master's
+        /// saved locals).
+        context: Bytes,
+        /// Input bytes (payload).
+        #[serde(skip)]
+        input: Bytes,
+    },
+    /// Ask for pool and queue figures.
+    Stats {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+    },
+}
+
+impl Message for ToMaster {
+    fn payload(&self) -> Option<&Bytes> {
+        match self {
+            ToMaster::Submit { input, .. } => Some(input),
+            ToMaster::Stats { .. } => None,
+        }
+    }
+    fn set_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            ToMaster::Submit { input, .. } => *input = payload,
+            ToMaster::Stats { .. } => return false,
+        }
+        true
+    }
+}
+
+/// Master → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToClient {
+    /// Answer to a good hello.
+    Welcome {
+        /// The master's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Largest payload the master accepts in one frame.
+        max_payload: u64,
+    },
+    /// The hello was refused (version, token); the master closes next.
+    Refused {
+        /// Why.
+        message: String,
+    },
+    /// A part of a job's response, in the order the module sent them.
+    Part {
+        /// The submit's tag.
+        tag: u64,
+        /// Part bytes (payload).
+        #[serde(skip)]
+        data: Bytes,
+    },
+    /// The job completed; the payload is the module's response.
+    Completed {
+        /// The submit's tag.
+        tag: u64,
+        /// The master's job id.
+        job: u64,
+        /// The submit's context, unchanged.
+        context: Bytes,
+        /// Response bytes (payload).
+        #[serde(skip)]
+        output: Bytes,
+    },
+    /// The job failed (or was refused at submit).
+    Failed {
+        /// The submit's tag.
+        tag: u64,
+        /// The master's job id (0 when refused before one was given).
+        job: u64,
+        /// The reason word.
+        reason: Reason,
+        /// Human-readable detail.
+        message: String,
+        /// The submit's context, unchanged.
+        context: Bytes,
+    },
+    /// Answer to [`ToMaster::Stats`]: the JSON of `taskmaster stats`.
+    Stats {
+        /// The request's tag.
+        tag: u64,
+        /// JSON text, see [`crate::stats::Stats`].
+        json: String,
+    },
+}
+
+impl Message for ToClient {
+    fn payload(&self) -> Option<&Bytes> {
+        match self {
+            ToClient::Part { data, .. } => Some(data),
+            ToClient::Completed { output, .. } => Some(output),
+            _ => None,
+        }
+    }
+    fn set_payload(&mut self, payload: Bytes) -> bool {
+        match self {
+            ToClient::Part { data, .. } => *data = payload,
+            ToClient::Completed { output, .. } => *output = payload,
+            _ => return false,
+        }
+        true
+    }
+}
