@@ -1,1 +1,253 @@
-//! x
+//! The child runtime: what a handler process runs after the master spawns it.
+//!
+//! # Layout
+//!
+//! - [`Module`]: the trait a module implements; [`Parts`] sends partial output.
+//! - [`run`]: connect back to the master, say hello, run one job at a time.
+//! - [`typed`]: serde helpers matching the client's `do_typed`.
+//! - `args` (private): the command line the master gives its children.
+//! - `lifeline` (private): dying with the master (death signal, parent
+//!   check, socket hang-up watcher).
+//!
+//! The runtime is plain threads and blocking sockets, no async runtime: one
+//! job at a time needs none, module code may block, and a child that starts
+//! small and fast is what lets the master grow the pool quickly.
+
+mod args;
+mod lifeline;
+pub mod typed;
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::net::TcpStream;
+use std::panic::{self, AssertUnwindSafe};
+use taskmaster_proto::codec::{self, CodecError};
+use taskmaster_proto::messages::{FromHandler, HandlerHello, Hello, ToHandler, PROTOCOL_VERSION};
+use taskmaster_proto::Reason;
+
+/// Failure messages are cut to this many bytes so they always fit a frame
+/// header.
+const MAX_MESSAGE: usize = 8 * 1024;
+
+/// A unit of work a handler child can run. Module code may block: it runs in
+/// its own process, one job at a time.
+pub trait Module: Send {
+    /// The name clients submit jobs to.
+    fn name(&self) -> &str;
+
+    /// One-time start-up before the child reports ready. An error here stops
+    /// the child, and the master counts it as a start-up failure.
+    fn start(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs one job: input bytes to response bytes, or a failure message
+    /// (the job fails with reason `failed`). A panic also fails the job
+    /// `failed`, and the child then exits to be replaced.
+    fn call(&mut self, input: &[u8], parts: &mut Parts<'_>) -> Result<Vec<u8>, String>;
+}
+
+/// Sends parts of a job's response before the final one; each reaches the
+/// submitting client as it is sent.
+pub struct Parts<'a> {
+    job: u64,
+    conn: &'a mut Conn,
+}
+
+impl Parts<'_> {
+    /// Sends one part now.
+    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.len() > self.conn.max_payload {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "part of {} bytes exceeds the limit of {}",
+                    data.len(),
+                    self.conn.max_payload
+                ),
+            ));
+        }
+        self.conn.send(&FromHandler::Part {
+            job: self.job,
+            data: bytes::Bytes::copy_from_slice(data),
+        })
+    }
+}
+
+/// The socket to the master, with a reusable write buffer.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    max_payload: usize,
+}
+
+impl Conn {
+    fn send(&mut self, msg: &FromHandler) -> io::Result<()> {
+        self.buf.clear();
+        codec::encode(msg, &mut self.buf).map_err(io::Error::other)?;
+        self.stream.write_all(&self.buf)
+    }
+}
+
+/// Runs a handler child with these modules; never returns. The master
+/// starts it with `--connect`, `--child-id`, `--master-pid` and
+/// `--max-payload`, and writes the child's secret on its stdin.
+pub fn run(modules: Vec<Box<dyn Module>>) -> ! {
+    match serve(modules) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("taskmaster-handler[{}]: {e}", std::process::id());
+            std::process::exit(e.exit_code())
+        }
+    }
+}
+
+/// Why a handler child stops.
+#[derive(Debug, thiserror::Error)]
+enum HandlerError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("master is gone")]
+    Orphaned,
+    #[error("reading the secret from stdin: {0}")]
+    Secret(io::Error),
+    #[error("module {module:?} failed to start: {message}")]
+    ModuleStart { module: String, message: String },
+    #[error("two modules are named {0:?}")]
+    DuplicateModule(String),
+    #[error("connecting to the master at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("talking to the master: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame from the master: {0}")]
+    Codec(#[from] CodecError),
+}
+
+impl HandlerError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            HandlerError::Usage(_) => 2,
+            HandlerError::Orphaned => 0,
+            _ => 1,
+        }
+    }
+}
+
+fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
+    let args = args::Args::parse(std::env::args().skip(1)).map_err(HandlerError::Usage)?;
+    // The death signal first, then the parent check: if the master died
+    // before prctl, only getppid() can tell.
+    lifeline::die_with_parent(args.master_pid).map_err(|_| HandlerError::Orphaned)?;
+    let secret = args::read_secret(io::stdin().lock()).map_err(HandlerError::Secret)?;
+
+    let mut table: HashMap<String, Box<dyn Module>> = HashMap::with_capacity(modules.len());
+    for mut module in modules {
+        let name = module.name().to_owned();
+        module
+            .start()
+            .map_err(|message| HandlerError::ModuleStart {
+                module: name.clone(),
+                message,
+            })?;
+        if table.insert(name.clone(), module).is_some() {
+            return Err(HandlerError::DuplicateModule(name));
+        }
+    }
+    let mut names: Vec<String> = table.keys().cloned().collect();
+    names.sort();
+
+    let stream = TcpStream::connect(&args.connect).map_err(|source| HandlerError::Connect {
+        addr: args.connect.clone(),
+        source,
+    })?;
+    stream.set_nodelay(true)?;
+    lifeline::exit_on_hangup(stream.try_clone()?);
+    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::with_capacity(64 * 1024),
+        max_payload: args.max_payload,
+    };
+    let hello = Hello::Handler(HandlerHello {
+        version: PROTOCOL_VERSION,
+        child_id: args.child_id,
+        pid: std::process::id(),
+        secret,
+        modules: names,
+    });
+    conn.buf.clear();
+    codec::encode(&hello, &mut conn.buf).map_err(io::Error::other)?;
+    conn.stream.write_all(&conn.buf)?;
+
+    while let Some(frame) = codec::read_frame_blocking(&mut reader, args.max_payload)? {
+        let ToHandler::Job { job, module, input } = codec::decode(frame)?;
+        let answer = match table.get_mut(&module) {
+            None => FromHandler::Failed {
+                job,
+                reason: Reason::UnknownModule,
+                message: format!("this child does not run module {module:?}"),
+                retire: false,
+            },
+            Some(m) => run_one(m.as_mut(), job, &input, &mut conn),
+        };
+        conn.send(&answer)?;
+        if matches!(answer, FromHandler::Failed { retire: true, .. }) {
+            // A panic left the module's state unknown: let the master replace us.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn run_one(module: &mut dyn Module, job: u64, input: &[u8], conn: &mut Conn) -> FromHandler {
+    let max_payload = conn.max_payload;
+    let mut parts = Parts { job, conn };
+    match panic::catch_unwind(AssertUnwindSafe(|| module.call(input, &mut parts))) {
+        Ok(Ok(output)) if output.len() > max_payload => FromHandler::Failed {
+            job,
+            reason: Reason::Failed,
+            message: format!(
+                "response of {} bytes exceeds the limit of {max_payload}",
+                output.len()
+            ),
+            retire: false,
+        },
+        Ok(Ok(output)) => FromHandler::Done {
+            job,
+            retire: false,
+            output: output.into(),
+        },
+        Ok(Err(message)) => FromHandler::Failed {
+            job,
+            reason: Reason::Failed,
+            message: clip(message),
+            retire: false,
+        },
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".to_owned());
+            FromHandler::Failed {
+                job,
+                reason: Reason::Failed,
+                message: clip(format!("module panicked: {text}")),
+                retire: true,
+            }
+        }
+    }
+}
+
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}

@@ -1,1 +1,27 @@
-//! x
+//! The taskmaster master: a pre-forking process-pool supervisor, and the
+//! command-line client that shares its binary.
+//!
+//! # Layout
+//!
+//! - [`cli`]: flags (with environment fallbacks) and the client commands.
+//! - [`config`]: validated settings; every check that exits 2 lives there.
+//! - [`server`]: wires listener, pool and signals together.
+//! - [`listener`]: the one TCP listener; hello decides child or client.
+//! - [`session`]: one client connection (submits in, answers out, batched).
+//! - [`pool`]: the actor owning children, queue and counters.
+//! - [`child`]: one task per child process (spawn, attach, jobs, exit).
+//! - [`job`]: a job and where its answers go.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
+
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod job;
+pub mod listener;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod signals;
+
+#[cfg(test)]
+mod pool_tests;

@@ -1,1 +1,65 @@
-fn main(){}
+//! The `taskmaster` binary: parses flags, sets up logging, and runs either
+//! the master or a client command. Everything else is in the library.
+
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use taskmaster::cli::{self, Cli};
+use taskmaster::config;
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("taskmaster: {message}");
+    ExitCode::from(cli::EXIT_USAGE)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // One clear line, not clap's usage block.
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            return usage_error(first.trim_start_matches("error: "));
+        }
+    };
+    if let Some(command) = cli.command {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        return rt.block_on(cli::run_client(command));
+    }
+
+    let cfg = cli.serve.to_config();
+    if let Err(e) = cfg.validate() {
+        return usage_error(e);
+    }
+    let listener = match config::bind(&cli.serve.listen) {
+        Ok(l) => l,
+        Err(e) => return usage_error(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(taskmaster::server::run(cfg, listener)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "master failed");
+            ExitCode::FAILURE
+        }
+    }
+}

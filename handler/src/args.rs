@@ -1,0 +1,56 @@
+//! The command line the master gives each child, and the secret it writes on
+//! the child's stdin (not argv or the environment, which `ps` and
+//! `/proc/PID/environ` show to other users).
+
+use std::io::{self, Read};
+use taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD;
+use taskmaster_proto::SECRET_LEN;
+
+pub(crate) struct Args {
+    pub connect: String,
+    pub child_id: u64,
+    pub master_pid: i32,
+    pub max_payload: usize,
+}
+
+const USAGE: &str = "taskmaster-handler is started by the taskmaster master \
+(usage: --connect ADDR --child-id N --master-pid PID [--max-payload BYTES], secret on stdin)";
+
+impl Args {
+    pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+        let (mut connect, mut child_id, mut master_pid) = (None, None, None);
+        let mut max_payload = DEFAULT_MAX_PAYLOAD;
+        while let Some(flag) = argv.next() {
+            let value = argv
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))?;
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{flag}: not a number: {value:?}"))
+            };
+            match flag.as_str() {
+                "--connect" => connect = Some(value.clone()),
+                "--child-id" => child_id = Some(number()?),
+                "--master-pid" => master_pid = Some(number()? as i32),
+                "--max-payload" => max_payload = number()? as usize,
+                _ => return Err(format!("unknown flag {flag:?}; {USAGE}")),
+            }
+        }
+        match (connect, child_id, master_pid) {
+            (Some(connect), Some(child_id), Some(master_pid)) => Ok(Args {
+                connect,
+                child_id,
+                master_pid,
+                max_payload,
+            }),
+            _ => Err(USAGE.to_owned()),
+        }
+    }
+}
+
+pub(crate) fn read_secret(mut stdin: impl Read) -> io::Result<[u8; SECRET_LEN]> {
+    let mut secret = [0u8; SECRET_LEN];
+    stdin.read_exact(&mut secret)?;
+    Ok(secret)
+}

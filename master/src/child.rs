@@ -1,0 +1,371 @@
+//! One task per child process. It owns the process handle and, once the
+//! child has said hello, its connection; it `select!`s on the child's exit,
+//! its frames and the pool's commands, and reports to the pool.
+//!
+//! Children are started by fork+exec of the handler program
+//! (`tokio::process`), each in its own process group so a terminal's Ctrl-C
+//! reaches only the master, which then stops them in order. The secret goes
+//! on the child's stdin, never argv or the environment.
+
+use crate::pool::{ChildEvent, ChildId, Launcher, PoolHandle};
+use bytes::{Bytes, BytesMut};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use taskmaster_proto::codec::{self, FrameReader};
+use taskmaster_proto::messages::{FromHandler, ToHandler};
+use taskmaster_proto::SECRET_LEN;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// A child spawned but silent this long is killed (and counts as a start-up
+/// failure): without it a handler stuck before `connect` would hold a pool
+/// slot forever.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After SIGTERM, how long a child may take to exit before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// After the child's connection closes, how long its process may take to
+/// exit before SIGKILL (its exit status names the cause of a failed job).
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+/// After the process exits, how long to read frames it wrote just before.
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+/// A handler's connection after its hello.
+pub struct ChildConn {
+    /// Frames from the child (may already hold bytes read past the hello).
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// The way to the child.
+    pub writer: OwnedWriteHalf,
+}
+
+/// What the pool tells a child's task.
+pub enum ChildCtl {
+    /// The child proved itself: take its connection.
+    Attach {
+        /// The connection.
+        conn: ChildConn,
+        /// Modules it runs.
+        modules: Vec<String>,
+    },
+    /// Run a job.
+    Job {
+        /// Job id.
+        job: u64,
+        /// Module.
+        module: String,
+        /// Input.
+        input: Bytes,
+    },
+    /// Stop: SIGTERM, then SIGKILL after a grace.
+    Stop,
+    /// SIGKILL now.
+    Kill,
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// It exited or was killed.
+    Status {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal number, if killed.
+        signal: Option<i32>,
+        /// The master sent the SIGKILL itself.
+        killed_by_master: bool,
+    },
+    /// It could not be started at all.
+    SpawnFailed(String),
+}
+
+impl ExitInfo {
+    fn from_status(status: ExitStatus, killed_by_master: bool) -> ExitInfo {
+        ExitInfo::Status {
+            code: status.code(),
+            signal: status.signal(),
+            killed_by_master,
+        }
+    }
+
+    /// A phrase for logs and job messages: "exited with code 1",
+    /// "was killed by signal SIGABRT".
+    pub fn describe(&self) -> String {
+        match self {
+            ExitInfo::SpawnFailed(e) => format!("could not be started: {e}"),
+            ExitInfo::Status {
+                code: Some(code), ..
+            } => format!("exited with code {code}"),
+            ExitInfo::Status {
+                signal: Some(sig),
+                killed_by_master,
+                ..
+            } => {
+                let name = Signal::try_from(*sig).map_or_else(|_| sig.to_string(), |s| s.as_str().to_owned());
+                if *sig == Signal::SIGKILL as i32 && !killed_by_master {
+                    format!("was killed by signal {name} (possibly the OOM killer)")
+                } else {
+                    format!("was killed by signal {name}")
+                }
+            }
+            ExitInfo::Status { .. } => "ended".to_owned(),
+        }
+    }
+}
+
+/// 32 fresh random bytes from the OS for one child's hello.
+pub fn fresh_secret() -> [u8; SECRET_LEN] {
+    let mut secret = [0u8; SECRET_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .expect("reading /dev/urandom");
+    secret
+}
+
+/// Launches real handler processes.
+pub struct ProcessLauncher {
+    /// The handler program.
+    pub handler: PathBuf,
+    /// Where children connect back.
+    pub connect: SocketAddr,
+    /// Payload limit, passed on so children refuse oversized output cleanly.
+    pub max_payload: usize,
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch(
+        &self,
+        id: ChildId,
+        secret: [u8; SECRET_LEN],
+        ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        pool: PoolHandle,
+    ) {
+        let mut cmd = Command::new(&self.handler);
+        cmd.arg("--connect")
+            .arg(self.connect.to_string())
+            .arg("--child-id")
+            .arg(id.to_string())
+            .arg("--master-pid")
+            .arg(std::process::id().to_string())
+            .arg("--max-payload")
+            .arg(self.max_payload.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .process_group(0);
+        // Spawn here, on a runtime worker thread that lives as long as the
+        // master: the child's death signal is tied to the forking thread.
+        match cmd.spawn() {
+            Ok(child) => {
+                tokio::spawn(supervise(id, child, secret, ctl, pool));
+            }
+            Err(e) => pool.child_event(
+                id,
+                ChildEvent::Exited(ExitInfo::SpawnFailed(format!(
+                    "{}: {e}",
+                    self.handler.display()
+                ))),
+            ),
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+    pid: u32,
+    killed: bool,
+}
+
+impl Proc {
+    fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid as i32), sig);
+    }
+    fn kill(&mut self) {
+        self.killed = true;
+        let _ = self.child.start_kill();
+    }
+    async fn reap(&mut self) -> ExitInfo {
+        match self.child.wait().await {
+            Ok(status) => ExitInfo::from_status(status, self.killed),
+            Err(e) => ExitInfo::SpawnFailed(format!("wait failed: {e}")),
+        }
+    }
+}
+
+async fn supervise(
+    id: ChildId,
+    child: Child,
+    secret: [u8; SECRET_LEN],
+    mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
+    pool: PoolHandle,
+) {
+    let pid = child.id().unwrap_or(0);
+    let mut proc = Proc {
+        child,
+        pid,
+        killed: false,
+    };
+    pool.child_event(id, ChildEvent::Spawned { pid });
+    if let Some(mut stdin) = proc.child.stdin.take() {
+        // 32 bytes fit any pipe buffer; a child that died already just
+        // shows up below as an exit.
+        let _ = stdin.write_all(&secret).await;
+    }
+    let info = match wait_attach(&mut proc, &mut ctl).await {
+        Ok((conn, modules)) => {
+            pool.child_event(id, ChildEvent::Ready { modules });
+            serve(id, &mut proc, conn, &mut ctl, &pool).await
+        }
+        Err(info) => info,
+    };
+    pool.child_event(id, ChildEvent::Exited(info));
+}
+
+/// Waits for the pool to hand over the child's connection.
+async fn wait_attach(
+    proc: &mut Proc,
+    ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
+) -> Result<(ChildConn, Vec<String>), ExitInfo> {
+    let deadline = tokio::time::sleep(READY_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            info = proc.reap() => return Err(info),
+            cmd = ctl.recv() => match cmd {
+                Some(ChildCtl::Attach { conn, modules }) => return Ok((conn, modules)),
+                Some(ChildCtl::Job { .. }) => unreachable!("no job before ready"),
+                Some(ChildCtl::Stop | ChildCtl::Kill) | None => {
+                    proc.kill();
+                    return Err(proc.reap().await);
+                }
+            },
+            _ = &mut deadline => {
+                warn!(pid = proc.pid, "child not ready in time; killing it");
+                proc.kill();
+                return Err(proc.reap().await);
+            }
+        }
+    }
+}
+
+/// Runs the attached child until its process is gone.
+async fn serve(
+    id: ChildId,
+    proc: &mut Proc,
+    conn: ChildConn,
+    ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
+    pool: &PoolHandle,
+) -> ExitInfo {
+    let ChildConn {
+        mut reader,
+        mut writer,
+    } = conn;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let stop_timer = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(stop_timer);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            frame = codec::read_message::<FromHandler, _>(&mut reader) => match frame {
+                Ok(Some(msg)) => forward(id, msg, pool),
+                Ok(None) => break,
+                Err(e) => {
+                    // Never reuse a connection after a decode error: a late
+                    // frame could answer the wrong job.
+                    warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
+                    proc.kill();
+                    break;
+                }
+            },
+            cmd = ctl.recv() => match cmd {
+                Some(ChildCtl::Job { job, module, input }) => {
+                    buf.clear();
+                    let msg = ToHandler::Job { job, module, input };
+                    if let Err(e) = codec::encode(&msg, &mut buf) {
+                        warn!(pid = proc.pid, job, error = %e, "cannot encode job; killing child");
+                        proc.kill();
+                        break;
+                    }
+                    if writer.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    if buf.capacity() > 1 << 20 {
+                        buf = BytesMut::with_capacity(16 * 1024);
+                    }
+                }
+                Some(ChildCtl::Stop) if !stopping => {
+                    stopping = true;
+                    debug!(pid = proc.pid, "stopping child");
+                    proc.signal(Signal::SIGTERM);
+                    stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                Some(ChildCtl::Kill) | None => proc.kill(),
+                Some(_) => {}
+            },
+            info = proc.reap() => {
+                drain(id, &mut reader, pool).await;
+                return info;
+            }
+            _ = &mut stop_timer, if stopping => {
+                warn!(pid = proc.pid, "child ignored SIGTERM; killing it");
+                proc.kill();
+                stop_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+        }
+    }
+    // The connection is gone; the process should follow.
+    drop(writer);
+    match tokio::time::timeout(EXIT_WAIT, proc.reap()).await {
+        Ok(info) => info,
+        Err(_) => {
+            proc.kill();
+            proc.reap().await
+        }
+    }
+}
+
+/// Reads the frames a child wrote just before it exited (a final `Done`
+/// followed by exit must count as done, not as a crash).
+async fn drain(id: ChildId, reader: &mut FrameReader<OwnedReadHalf>, pool: &PoolHandle) {
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        while let Ok(Some(msg)) = codec::read_message::<FromHandler, _>(reader).await {
+            forward(id, msg, pool);
+        }
+    })
+    .await;
+}
+
+fn forward(id: ChildId, msg: FromHandler, pool: &PoolHandle) {
+    let event = match msg {
+        FromHandler::Part { job, data } => ChildEvent::Part { job, data },
+        FromHandler::Done {
+            job,
+            retire,
+            output,
+        } => ChildEvent::Done {
+            job,
+            output,
+            retire,
+        },
+        FromHandler::Failed {
+            job,
+            reason,
+            message,
+            retire,
+        } => ChildEvent::Failed {
+            job,
+            reason,
+            message,
+            retire,
+        },
+    };
+    pool.child_event(id, event);
+}

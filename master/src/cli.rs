@@ -1,0 +1,194 @@
+//! The command line: the master's flags (each with an environment
+//! fallback) and the client subcommands `submit` and `stats`.
+
+use crate::config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use taskmaster_proto::{Client, ClientError, JobEvent, Reason};
+
+/// Exit status of a completed job.
+pub const EXIT_OK: u8 = 0;
+/// Exit status of a failed job.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of a usage error or no connection.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of `overload` (EX_TEMPFAIL: try again later).
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+/// taskmaster: a pre-forking process-pool supervisor. Without a subcommand
+/// it runs the master.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A client command; none runs the master.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The master's settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Client commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one job and write its response to stdout.
+    Submit(SubmitArgs),
+    /// Print pool and queue figures as JSON.
+    Stats(ConnectArgs),
+}
+
+/// Flags of the master.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Children spawned at start; the pool never shrinks below it.
+    #[arg(long, env = "TASKMASTER_POOL_START", default_value_t = 2, value_name = "N")]
+    pub pool_start: usize,
+    /// Most children at once.
+    #[arg(long, env = "TASKMASTER_POOL_MAX", default_value_t = 4, value_name = "N")]
+    pub pool_max: usize,
+    /// Most jobs waiting in the queue; one more is refused with `overload`.
+    #[arg(long, env = "TASKMASTER_JOB_MAX", default_value_t = 100, value_name = "N")]
+    pub job_max: usize,
+    /// The TCP socket for children and clients (port 0: any free port).
+    #[arg(long, env = "TASKMASTER_LISTEN", default_value = "127.0.0.1:7400", value_name = "ADDR")]
+    pub listen: String,
+    /// The child program [default: taskmaster-handler beside this executable].
+    #[arg(long, env = "TASKMASTER_HANDLER", value_name = "PATH")]
+    pub handler: Option<PathBuf>,
+    /// Largest job input, part or response, in bytes.
+    #[arg(long, env = "TASKMASTER_MAX_PAYLOAD", default_value_t = taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
+    pub max_payload: usize,
+    /// Seconds a shutdown waits for running jobs before killing them.
+    #[arg(long, env = "TASKMASTER_GRACE", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub grace: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of seconds, got {s:?}")),
+    }
+}
+
+impl ServeArgs {
+    /// The settings these flags ask for (not yet validated).
+    pub fn to_config(&self) -> Config {
+        let handler = self.handler.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("taskmaster-handler")))
+                .unwrap_or_else(|| PathBuf::from("taskmaster-handler"))
+        });
+        Config {
+            pool_start: self.pool_start,
+            pool_max: self.pool_max,
+            job_max: self.job_max,
+            handler,
+            max_payload: self.max_payload,
+            grace: Duration::from_secs_f64(self.grace),
+        }
+    }
+}
+
+/// Where the master is.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The master's address.
+    #[arg(long, env = "TASKMASTER_CONNECT", default_value = "127.0.0.1:7400", value_name = "ADDR")]
+    pub connect: String,
+}
+
+/// `taskmaster submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// The module to run.
+    pub module: String,
+    /// Input bytes; omitted or `-`: read stdin.
+    pub data: Option<String>,
+}
+
+fn connect_failed(addr: &str, e: ClientError) -> ExitCode {
+    eprintln!("taskmaster: cannot connect to {addr}: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Runs a client command and returns its exit status.
+pub async fn run_client(command: Command) -> ExitCode {
+    match command {
+        Command::Submit(args) => submit(args).await,
+        Command::Stats(conn) => {
+            let client = match Client::connect(conn.connect.as_str(), None).await {
+                Ok(c) => c,
+                Err(e) => return connect_failed(&conn.connect, e),
+            };
+            match client.stats().await {
+                Ok(stats) => {
+                    let text = serde_json::to_string_pretty(&stats).expect("stats serialize");
+                    println!("{text}");
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("taskmaster: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+    }
+}
+
+async fn submit(args: SubmitArgs) -> ExitCode {
+    let input = match args.data.as_deref() {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                eprintln!("taskmaster: reading stdin: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            buf
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    let addr = &args.conn.connect;
+    let client = match Client::connect(addr.as_str(), None).await {
+        Ok(c) => c,
+        Err(e) => return connect_failed(addr, e),
+    };
+    let mut job = match client.submit(&args.module, input, bytes::Bytes::new()) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("taskmaster: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        match job.next_event().await {
+            Ok(JobEvent::Part(data)) => {
+                if stdout.write_all(&data).and_then(|_| stdout.flush()).is_err() {
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            }
+            Ok(JobEvent::Completed(done)) => {
+                let _ = stdout.write_all(&done.output).and_then(|_| stdout.flush());
+                return ExitCode::from(EXIT_OK);
+            }
+            Ok(JobEvent::Failed(failure)) => {
+                eprintln!("failed: {}: {}", failure.reason, failure.message);
+                return ExitCode::from(if failure.reason == Reason::Overload {
+                    EXIT_TEMPFAIL
+                } else {
+                    EXIT_FAILED
+                });
+            }
+            Err(e) => {
+                eprintln!("taskmaster: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The master's validated settings. Every check that can fail runs here,
+//! before anything is spawned, so a bad flag costs one line and exit 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of a running master.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Children spawned at start; the pool never shrinks below it.
+    pub pool_start: usize,
+    /// Most children at once.
+    pub pool_max: usize,
+    /// Most jobs waiting in the queue.
+    pub job_max: usize,
+    /// The handler program.
+    pub handler: PathBuf,
+    /// Largest payload in a frame; bigger frames close the connection.
+    pub max_payload: usize,
+    /// How long a shutdown waits for running jobs.
+    pub grace: Duration,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--pool-max 0`.
+    #[error("--pool-max must be at least 1")]
+    PoolMaxZero,
+    /// `--pool-start` above `--pool-max`.
+    #[error("--pool-start ({start}) must not exceed --pool-max ({max})")]
+    StartAboveMax {
+        /// pool-start.
+        start: usize,
+        /// pool-max.
+        max: usize,
+    },
+    /// The handler is missing or not executable.
+    #[error("handler program {path}: {why}")]
+    Handler {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The listen address cannot be used.
+    #[error("cannot listen on {addr}: {why}")]
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `--max-payload` out of range.
+    #[error("--max-payload must be between 1 KiB and 1 GiB, got {0}")]
+    MaxPayload(usize),
+}
+
+impl Config {
+    /// Checks the pool bounds, payload limit and handler program.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_max == 0 {
+            return Err(ConfigError::PoolMaxZero);
+        }
+        if self.pool_start > self.pool_max {
+            return Err(ConfigError::StartAboveMax {
+                start: self.pool_start,
+                max: self.pool_max,
+            });
+        }
+        if !(1024..=1 << 30).contains(&self.max_payload) {
+            return Err(ConfigError::MaxPayload(self.max_payload));
+        }
+        check_executable(&self.handler)
+    }
+}
+
+fn check_executable(path: &PathBuf) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |why: String| ConfigError::Handler {
+        path: path.clone(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a file".into()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(err("not executable".into()));
+    }
+    Ok(())
+}
+
+/// Binds the listening socket now, so an unusable address fails before any
+/// child is spawned.
+pub fn bind(addr: &str) -> Result<std::net::TcpListener, ConfigError> {
+    let err = |why: String| ConfigError::Listen {
+        addr: addr.to_owned(),
+        why,
+    };
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| err(e.to_string()))?
+        .collect();
+    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(|e| err(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+/// The address children connect back to: the listener's own, with a
+/// wildcard IP replaced by loopback.
+pub fn connect_back(local: SocketAddr) -> SocketAddr {
+    let mut addr = local;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}

@@ -1,0 +1,66 @@
+//! The one TCP listener for children and clients. Each connection gets its
+//! own task, which reads the hello within the deadline and then becomes a
+//! child connection (handed to the pool) or a client session. Whatever a
+//! connection does wrong stays in its task: it is logged and closed.
+
+use crate::child::ChildConn;
+use crate::pool::PoolHandle;
+use crate::session;
+use std::sync::Arc;
+use std::time::Duration;
+use taskmaster_proto::codec;
+use taskmaster_proto::handshake::{read_hello, HELLO_TIMEOUT};
+use taskmaster_proto::messages::Hello;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+/// Per-connection settings.
+pub struct ListenerConfig {
+    /// Largest payload in a frame.
+    pub max_payload: usize,
+}
+
+/// Accepts connections until the process ends.
+pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<ListenerConfig>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let pool = pool.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(async move {
+                    debug!(%peer, "connection accepted");
+                    handle(stream, peer, pool, cfg).await;
+                });
+            }
+            Err(e) => {
+                // Out of descriptors, say: pause rather than spin on accept.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    pool: PoolHandle,
+    cfg: Arc<ListenerConfig>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut reader = codec::frame_reader(read, cfg.max_payload);
+    match read_hello(&mut reader, HELLO_TIMEOUT).await {
+        Err(e) => warn!(%peer, error = %e, "closing connection"),
+        Ok(Hello::Handler(hello)) => pool.handler_hello(
+            hello,
+            ChildConn {
+                reader,
+                writer: write,
+            },
+        ),
+        Ok(Hello::Client(hello)) => {
+            session::serve(reader, write, hello, peer, pool, cfg.max_payload).await
+        }
+    }
+}
