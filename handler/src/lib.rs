@@ -26,10 +26,6 @@ use taskmaster_proto::codec::{self, CodecError};
 use taskmaster_proto::messages::{FromHandler, HandlerHello, Hello, ToHandler, PROTOCOL_VERSION};
 use taskmaster_proto::Reason;
 
-/// Failure messages are cut to this many bytes so they always fit a frame
-/// header.
-const MAX_MESSAGE: usize = 8 * 1024;
-
 /// A unit of work a handler child can run. Module code may block: it runs in
 /// its own process, one job at a time.
 pub trait Module: Send {
@@ -240,14 +236,6 @@ fn run_one(module: &mut dyn Module, job: u64, input: &[u8], conn: &mut Conn) -> 
     }
 }
 
-fn clip(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    message
+fn clip(message: String) -> String {
+    codec::clip_message(message)
 }

@@ -108,7 +108,8 @@ impl ExitInfo {
                 killed_by_master,
                 ..
             } => {
-                let name = Signal::try_from(*sig).map_or_else(|_| sig.to_string(), |s| s.as_str().to_owned());
+                let name = Signal::try_from(*sig)
+                    .map_or_else(|_| sig.to_string(), |s| s.as_str().to_owned());
                 if *sig == Signal::SIGKILL as i32 && !killed_by_master {
                     format!("was killed by signal {name} (possibly the OOM killer)")
                 } else {
@@ -234,24 +235,20 @@ async fn wait_attach(
     proc: &mut Proc,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
 ) -> Result<(ChildConn, Vec<String>), ExitInfo> {
-    let deadline = tokio::time::sleep(READY_TIMEOUT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            info = proc.reap() => return Err(info),
-            cmd = ctl.recv() => match cmd {
-                Some(ChildCtl::Attach { conn, modules }) => return Ok((conn, modules)),
-                Some(ChildCtl::Job { .. }) => unreachable!("no job before ready"),
-                Some(ChildCtl::Stop | ChildCtl::Kill) | None => {
-                    proc.kill();
-                    return Err(proc.reap().await);
-                }
-            },
-            _ = &mut deadline => {
-                warn!(pid = proc.pid, "child not ready in time; killing it");
+    tokio::select! {
+        info = proc.reap() => Err(info),
+        cmd = ctl.recv() => match cmd {
+            Some(ChildCtl::Attach { conn, modules }) => Ok((conn, modules)),
+            // Stop, Kill, a job (impossible before ready) or a gone pool.
+            _ => {
                 proc.kill();
-                return Err(proc.reap().await);
+                Err(proc.reap().await)
             }
+        },
+        _ = tokio::time::sleep(READY_TIMEOUT) => {
+            warn!(pid = proc.pid, "child not ready in time; killing it");
+            proc.kill();
+            Err(proc.reap().await)
         }
     }
 }

@@ -44,16 +44,36 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Children spawned at start; the pool never shrinks below it.
-    #[arg(long, env = "TASKMASTER_POOL_START", default_value_t = 2, value_name = "N")]
+    #[arg(
+        long,
+        env = "TASKMASTER_POOL_START",
+        default_value_t = 2,
+        value_name = "N"
+    )]
     pub pool_start: usize,
     /// Most children at once.
-    #[arg(long, env = "TASKMASTER_POOL_MAX", default_value_t = 4, value_name = "N")]
+    #[arg(
+        long,
+        env = "TASKMASTER_POOL_MAX",
+        default_value_t = 4,
+        value_name = "N"
+    )]
     pub pool_max: usize,
     /// Most jobs waiting in the queue; one more is refused with `overload`.
-    #[arg(long, env = "TASKMASTER_JOB_MAX", default_value_t = 100, value_name = "N")]
+    #[arg(
+        long,
+        env = "TASKMASTER_JOB_MAX",
+        default_value_t = 100,
+        value_name = "N"
+    )]
     pub job_max: usize,
     /// The TCP socket for children and clients (port 0: any free port).
-    #[arg(long, env = "TASKMASTER_LISTEN", default_value = "127.0.0.1:7400", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "TASKMASTER_LISTEN",
+        default_value = "127.0.0.1:7400",
+        value_name = "ADDR"
+    )]
     pub listen: String,
     /// The child program [default: taskmaster-handler beside this executable].
     #[arg(long, env = "TASKMASTER_HANDLER", value_name = "PATH")]
@@ -97,7 +117,12 @@ impl ServeArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The master's address.
-    #[arg(long, env = "TASKMASTER_CONNECT", default_value = "127.0.0.1:7400", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "TASKMASTER_CONNECT",
+        default_value = "127.0.0.1:7400",
+        value_name = "ADDR"
+    )]
     pub connect: String,
 }
 
@@ -169,7 +194,11 @@ async fn submit(args: SubmitArgs) -> ExitCode {
     loop {
         match job.next_event().await {
             Ok(JobEvent::Part(data)) => {
-                if stdout.write_all(&data).and_then(|_| stdout.flush()).is_err() {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
                     return ExitCode::from(EXIT_FAILED);
                 }
             }

@@ -64,7 +64,7 @@ impl Reply {
                 tag: self.tag,
                 job,
                 reason,
-                message,
+                message: taskmaster_proto::codec::clip_message(message),
                 context: self.context,
             },
             permit: self.permit,

@@ -19,11 +19,13 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        // One clear line, not clap's usage block.
+        // One clear line, not clap's usage block: the first paragraph of
+        // its message (which may name missing arguments on further lines).
         Err(e) => {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            return usage_error(first.trim_start_matches("error: "));
+            let first = text.split("\n\n").next().unwrap_or("bad arguments");
+            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            return usage_error(line.trim_start_matches("error: "));
         }
     };
     if let Some(command) = cli.command {

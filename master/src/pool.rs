@@ -13,12 +13,13 @@ use crate::job::{JobId, Queued, Reply, Submission};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use taskmaster_proto::handshake::secrets_match;
 use taskmaster_proto::messages::HandlerHello;
 use taskmaster_proto::stats::{ChildStats, JobStats, PoolStats, QueueStats};
 use taskmaster_proto::{Reason, Stats, SECRET_LEN};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 /// The master's id for a child (not its pid, which the OS may reuse).
@@ -260,7 +261,6 @@ impl Pool {
                 PoolCmd::Child { id, event } => self.child_event(id, event),
                 PoolCmd::Respawn => {
                     self.respawn_scheduled = false;
-                    self.backoff_until = None;
                     self.replenish();
                 }
                 PoolCmd::Shutdown => self.shutdown(),
@@ -276,7 +276,7 @@ impl Pool {
     }
 
     fn refuse(&mut self, reply: Reply, job: JobId, reason: Reason, message: String) {
-        debug!(job, %reason, %message, "job failed");
+        debug!(job, %reason, detail = %message, "job failed");
         self.counters.failed += 1;
         *self.counters.by_reason.entry(reason).or_default() += 1;
         if reason == Reason::Overload {
@@ -299,15 +299,8 @@ impl Pool {
             let msg = format!("no child runs module {:?}", s.module);
             return self.refuse(s.reply, 0, Reason::UnknownModule, msg);
         }
-        let id = self.next_job;
-        self.next_job += 1;
-        let job = Queued {
-            id,
-            module: s.module,
-            input: s.input,
-            reply: s.reply,
-        };
         if let Some(child) = self.idle.pop_front() {
+            let job = self.accept(s);
             return self.start_job(child, job);
         }
         // Each child still starting (or about to be spawned for this job)
@@ -316,21 +309,40 @@ impl Pool {
             self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
         if self.queue.len() >= self.cfg.job_max + self.starting + usize::from(will_grow) {
             let msg = format!(
-                "all {} children busy and {} jobs queued",
+                "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
                 self.children.len(),
-                self.queue.len()
+                self.busy,
+                self.starting,
+                self.backlog(),
+                self.cfg.job_max
             );
-            return self.refuse(job.reply, 0, Reason::Overload, msg);
+            return self.refuse(s.reply, 0, Reason::Overload, msg);
         }
-        debug!(job = id, module = %job.module, "job queued");
+        let job = self.accept(s);
+        debug!(job = job.id, module = %job.module, "job queued");
         self.queue.push_back(job);
         self.replenish();
+    }
+
+    /// Gives an accepted submission its job id.
+    fn accept(&mut self, s: Submission) -> Queued {
+        let id = self.next_job;
+        self.next_job += 1;
+        Queued {
+            id,
+            module: s.module,
+            input: s.input,
+            reply: s.reply,
+        }
     }
 
     /// Gives a job to an idle child. If the child's task is already gone
     /// (its exit report is on the way), the job goes back to the queue head.
     fn start_job(&mut self, child: ChildId, job: Queued) {
-        let slot = self.children.get_mut(&child).expect("idle child has a slot");
+        let slot = self
+            .children
+            .get_mut(&child)
+            .expect("idle child has a slot");
         debug!(job = job.id, pid = slot.pid, module = %job.module, "job started");
         let ctl = ChildCtl::Job {
             job: job.id,
@@ -343,7 +355,11 @@ impl Pool {
                 slot.job = Some((job.id, job.reply));
                 self.busy += 1;
             }
-            Err(mpsc::error::SendError(ChildCtl::Job { job: id, module, input })) => {
+            Err(mpsc::error::SendError(ChildCtl::Job {
+                job: id,
+                module,
+                input,
+            })) => {
                 slot.state = State::Stopping;
                 self.queue.push_front(Queued {
                     id,
@@ -408,7 +424,8 @@ impl Pool {
         );
         self.starting += 1;
         self.counters.spawned += 1;
-        self.launcher.launch(id, secret, ctl_rx, self.handle.clone());
+        self.launcher
+            .launch(id, secret, ctl_rx, self.handle.clone());
     }
 
     /// Spawns children up to `pool-start`, and beyond it (up to `pool-max`)
@@ -420,8 +437,12 @@ impl Pool {
         }
         loop {
             let below_start = self.children.len() < self.cfg.pool_start;
-            let needed = self.queue.len() > self.starting && self.children.len() < self.cfg.pool_max;
-            if !below_start && !needed {
+            let room = self.children.len() < self.cfg.pool_max;
+            let needed = self.queue.len() > self.starting && room;
+            // A broken pool keeps probing (at the back-off pace) so it heals
+            // by itself even when nothing is queued and pool-start is 0.
+            let probe = self.broken.is_some() && self.starting == 0 && room;
+            if !below_start && !needed && !probe {
                 return;
             }
             if let Some(until) = self.backoff_until {
@@ -446,14 +467,18 @@ impl Pool {
         self.respawn_scheduled = true;
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
             handle.send(PoolCmd::Respawn);
         });
     }
 
     fn handler_hello(&mut self, hello: HandlerHello, conn: ChildConn) {
         let Some(slot) = self.children.get_mut(&hello.child_id) else {
-            warn!(child = hello.child_id, pid = hello.pid, "handler hello for an unknown child; closing");
+            warn!(
+                child = hello.child_id,
+                pid = hello.pid,
+                "handler hello for an unknown child; closing"
+            );
             return;
         };
         let good_secret = secrets_match(&slot.secret, &hello.secret);
@@ -470,7 +495,11 @@ impl Pool {
             return;
         }
         if hello.version != taskmaster_proto::PROTOCOL_VERSION {
-            warn!(pid = hello.pid, version = hello.version, "handler speaks another protocol version; closing");
+            warn!(
+                pid = hello.pid,
+                version = hello.version,
+                "handler speaks another protocol version; closing"
+            );
             return;
         }
         slot.attached = true;
@@ -494,7 +523,11 @@ impl Pool {
                     reply.part(data);
                 }
             }
-            ChildEvent::Done { job, output, retire } => {
+            ChildEvent::Done {
+                job,
+                output,
+                retire,
+            } => {
                 if let Some((job, reply)) = self.take_job(id, job) {
                     self.counters.completed += 1;
                     debug!(job, "job completed");
@@ -509,6 +542,13 @@ impl Pool {
                 retire,
             } => {
                 if let Some((job, reply)) = self.take_job(id, job) {
+                    // A child may only report its module's failure or a
+                    // missing module; any other word would be a lie about
+                    // the pool.
+                    let (reason, message) = match reason {
+                        Reason::Failed | Reason::UnknownModule => (reason, message),
+                        other => (Reason::Failed, format!("child reported {other}: {message}")),
+                    };
                     self.refuse(reply, job, reason, message);
                     self.after_job(id, retire);
                 }
@@ -525,7 +565,12 @@ impl Pool {
             return;
         }
         self.starting -= 1;
-        info!(pid = slot.pid, child = id, modules = modules.len(), "child ready");
+        info!(
+            pid = slot.pid,
+            child = id,
+            modules = modules.len(),
+            "child ready"
+        );
         self.modules = modules.into_iter().collect();
         self.failures_in_a_row = 0;
         self.backoff_until = None;
@@ -550,14 +595,39 @@ impl Pool {
     /// for another job is broken: it is killed and its job fails `error`.
     fn held_job(&mut self, id: ChildId, job: JobId) -> Option<&mut (JobId, Reply)> {
         let slot = self.children.get_mut(&id)?;
-        if slot.job.as_ref().is_some_and(|(held, _)| *held == job) {
-            return slot.job.as_mut();
+        if slot.job.as_ref().is_none_or(|(held, _)| *held != job) {
+            warn!(
+                pid = slot.pid,
+                job, "child answered for a job it does not hold; killing it"
+            );
+            slot.kill_cause = Some(format!(
+                "child answered for job {job}, which it does not hold"
+            ));
+            let _ = slot.ctl.send(ChildCtl::Kill);
+            self.set_state(id, State::Stopping);
+            return None;
         }
-        warn!(pid = slot.pid, job, "child answered for a job it does not hold; killing it");
-        slot.kill_cause = Some(format!("child answered for job {job}, which it does not hold"));
-        slot.state = State::Stopping;
-        let _ = slot.ctl.send(ChildCtl::Kill);
-        None
+        self.children.get_mut(&id)?.job.as_mut()
+    }
+
+    /// Moves a child to another state, keeping the idle list and the
+    /// `starting` count true. (`busy` follows `Slot::job` instead.)
+    fn set_state(&mut self, id: ChildId, to: State) {
+        let Some(slot) = self.children.get_mut(&id) else {
+            return;
+        };
+        match slot.state {
+            State::Starting => self.starting -= 1,
+            State::Idle => self.idle.retain(|&c| c != id),
+            State::Busy | State::Stopping => {}
+        }
+        slot.state = to;
+    }
+
+    /// Queued jobs beyond those a starting child will take: the figure
+    /// `job-max` bounds.
+    fn backlog(&self) -> usize {
+        self.queue.len().saturating_sub(self.starting)
     }
 
     fn take_job(&mut self, id: ChildId, job: JobId) -> Option<(JobId, Reply)> {
@@ -587,8 +657,10 @@ impl Pool {
         match slot.state {
             State::Starting => self.starting -= 1,
             State::Idle => self.idle.retain(|&c| c != id),
-            State::Busy => self.busy -= 1,
-            State::Stopping => {}
+            State::Busy | State::Stopping => {}
+        }
+        if slot.job.is_some() {
+            self.busy -= 1;
         }
         let cause = slot.kill_cause.take();
         let how = match &cause {
@@ -598,7 +670,17 @@ impl Pool {
         if let Some((job, reply)) = slot.job.take() {
             warn!(pid = slot.pid, job, %how, "child died mid-job");
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
-            self.refuse(reply, job, Reason::Error, format!("child {pid} {how} while running the job"));
+            self.refuse(
+                reply,
+                job,
+                Reason::Error,
+                format!("child {pid} {how} while running the job"),
+            );
+            // A ready child lost mid-job is replaced at once, with no back-off:
+            // it did start fine, so this is no crash loop.
+            if !self.shutting_down && self.children.len() < self.cfg.pool_max {
+                self.spawn_child();
+            }
         } else if slot.state == State::Starting && !self.shutting_down {
             self.startup_failure(slot.pid, how);
         } else {
@@ -635,7 +717,8 @@ impl Pool {
         if self.shutting_down {
             warn!("second stop signal: killing every child now");
             for slot in self.children.values_mut() {
-                slot.kill_cause.get_or_insert_with(|| "master stopped at once".into());
+                slot.kill_cause
+                    .get_or_insert_with(|| "master stopped at once".into());
                 let _ = slot.ctl.send(ChildCtl::Kill);
             }
             return;
@@ -651,13 +734,16 @@ impl Pool {
             let msg = "the master is shutting down".to_owned();
             self.refuse(job.reply, job.id, Reason::ShuttingDown, msg);
         }
-        for slot in self.children.values_mut() {
-            if slot.state != State::Busy {
-                slot.state = State::Stopping;
-                let _ = slot.ctl.send(ChildCtl::Stop);
-            }
+        let not_busy: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, slot)| slot.state != State::Busy)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in not_busy {
+            self.set_state(id, State::Stopping);
+            let _ = self.children[&id].ctl.send(ChildCtl::Stop);
         }
-        self.idle.clear();
         if self.busy > 0 {
             let handle = self.handle.clone();
             let grace = self.cfg.grace;
@@ -688,7 +774,7 @@ impl Pool {
                 starting: self.starting,
             },
             queue: QueueStats {
-                len: self.queue.len(),
+                len: self.backlog(),
                 max: self.cfg.job_max,
             },
             jobs: JobStats {

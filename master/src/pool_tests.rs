@@ -1,0 +1,320 @@
+//! Unit tests of the pool actor with fake children (no processes, paused
+//! time): dispatch, growth bounds, queue and overload, crash replacement,
+//! start-up failure back-off, shutdown. Every job must get exactly one final
+//! answer.
+
+use crate::child::{ChildCtl, ExitInfo};
+use crate::config::Config;
+use crate::job::{Outgoing, Reply, Submission};
+use crate::pool::{self, ChildEvent, ChildId, Launcher, PoolHandle};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use taskmaster_proto::messages::ToClient;
+use taskmaster_proto::{Reason, SECRET_LEN};
+use tokio::sync::mpsc;
+
+#[derive(Default)]
+struct Fake {
+    fail_start: AtomicBool,
+    launched: AtomicUsize,
+}
+
+struct FakeLauncher(Arc<Fake>);
+
+impl Launcher for FakeLauncher {
+    fn launch(
+        &self,
+        id: ChildId,
+        _secret: [u8; SECRET_LEN],
+        ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        pool: PoolHandle,
+    ) {
+        self.0.launched.fetch_add(1, Ordering::SeqCst);
+        let fail = self.0.fail_start.load(Ordering::SeqCst);
+        tokio::spawn(fake_child(id, ctl, pool, fail));
+    }
+}
+
+fn exited(code: Option<i32>, signal: Option<i32>) -> ChildEvent {
+    ChildEvent::Exited(ExitInfo::Status {
+        code,
+        signal,
+        killed_by_master: false,
+    })
+}
+
+/// A child that runs `echo`, `sleep` (tokio time) and `crash`.
+async fn fake_child(
+    id: ChildId,
+    mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
+    pool: PoolHandle,
+    fail: bool,
+) {
+    if fail {
+        pool.child_event(id, ChildEvent::Exited(ExitInfo::SpawnFailed("fake".into())));
+        return;
+    }
+    pool.child_event(
+        id,
+        ChildEvent::Spawned {
+            pid: 1000 + id as u32,
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let modules = ["echo", "sleep", "crash"].map(String::from).to_vec();
+    pool.child_event(id, ChildEvent::Ready { modules });
+    while let Some(cmd) = ctl.recv().await {
+        match cmd {
+            ChildCtl::Job { job, module, input } => match module.as_str() {
+                "echo" => pool.child_event(
+                    id,
+                    ChildEvent::Done {
+                        job,
+                        output: input,
+                        retire: false,
+                    },
+                ),
+                "sleep" => {
+                    let ms: u64 = std::str::from_utf8(&input).unwrap().parse().unwrap();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(ms)) => pool.child_event(id, ChildEvent::Done {
+                            job,
+                            output: Bytes::from((1000 + id).to_string()),
+                            retire: false,
+                        }),
+                        _ = ctl.recv() => {
+                            pool.child_event(id, exited(None, Some(9)));
+                            return;
+                        }
+                    }
+                }
+                _ => {
+                    pool.child_event(id, exited(None, Some(6)));
+                    return;
+                }
+            },
+            ChildCtl::Stop | ChildCtl::Kill => {
+                pool.child_event(id, exited(Some(0), None));
+                return;
+            }
+            ChildCtl::Attach { .. } => {}
+        }
+    }
+}
+
+struct Harness {
+    pool: PoolHandle,
+    fake: Arc<Fake>,
+    done: tokio::sync::oneshot::Receiver<()>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    next_tag: u64,
+}
+
+fn harness(pool_start: usize, pool_max: usize, job_max: usize) -> Harness {
+    let cfg = Config {
+        pool_start,
+        pool_max,
+        job_max,
+        handler: "fake-handler".into(),
+        max_payload: 1 << 20,
+        grace: Duration::from_secs(2),
+    };
+    let fake = Arc::new(Fake::default());
+    let (pool, done) = pool::start(Arc::new(cfg), Arc::new(FakeLauncher(fake.clone())));
+    let (tx, rx) = mpsc::unbounded_channel();
+    Harness {
+        pool,
+        fake,
+        done,
+        tx,
+        rx,
+        next_tag: 0,
+    }
+}
+
+/// A final answer: tag, Ok(output) or Err(reason).
+type Final = (u64, Result<Bytes, Reason>);
+
+impl Harness {
+    fn submit(&mut self, module: &str, input: &str) -> u64 {
+        self.next_tag += 1;
+        self.pool.submit(Submission {
+            module: module.into(),
+            input: Bytes::from(input.to_owned()),
+            reply: Reply {
+                tx: self.tx.clone(),
+                tag: self.next_tag,
+                context: Bytes::new(),
+                permit: None,
+            },
+        });
+        self.next_tag
+    }
+
+    async fn next_final(&mut self) -> Final {
+        loop {
+            let out = tokio::time::timeout(Duration::from_secs(60), self.rx.recv())
+                .await
+                .expect("an answer within a minute")
+                .expect("channel open");
+            match out.msg {
+                ToClient::Completed { tag, output, .. } => return (tag, Ok(output)),
+                ToClient::Failed { tag, reason, .. } => return (tag, Err(reason)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn stats(&self) -> taskmaster_proto::Stats {
+        self.pool.stats().await.expect("pool running")
+    }
+
+    async fn wait_for(&self, what: &str, cond: impl Fn(&taskmaster_proto::Stats) -> bool) {
+        for _ in 0..10_000 {
+            if cond(&self.stats().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("never reached: {what}; stats {:?}", self.stats().await);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn prespawns_and_answers() {
+    let mut h = harness(2, 4, 10);
+    h.wait_for("2 idle", |s| s.pool.idle == 2).await;
+    assert_eq!(h.fake.launched.load(Ordering::SeqCst), 2);
+    let tag = h.submit("echo", "hello");
+    assert_eq!(h.next_final().await, (tag, Ok(Bytes::from("hello"))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grows_to_max_queues_then_overloads() {
+    let mut h = harness(1, 2, 1);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let a = h.submit("sleep", "1000");
+    let b = h.submit("sleep", "1000");
+    let c = h.submit("sleep", "1000");
+    // Two running (one on a new child) and one queued: the fourth is refused
+    // before any of them ends.
+    let d = h.submit("sleep", "1000");
+    assert_eq!(h.next_final().await, (d, Err(Reason::Overload)));
+    h.wait_for("two running, one queued", |s| {
+        s.pool.size == 2 && s.pool.busy == 2 && s.queue.len == 1
+    })
+    .await;
+    let mut done: Vec<u64> = Vec::new();
+    for _ in 0..3 {
+        let (tag, res) = h.next_final().await;
+        assert!(res.is_ok(), "job {tag} failed: {res:?}");
+        done.push(tag);
+    }
+    done.sort();
+    assert_eq!(done, vec![a, b, c]);
+    assert_eq!(
+        h.fake.launched.load(Ordering::SeqCst),
+        2,
+        "never past pool-max"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_fails_error_and_is_replaced() {
+    let mut h = harness(2, 2, 10);
+    h.wait_for("ready", |s| s.pool.idle == 2).await;
+    let tag = h.submit("crash", "");
+    assert_eq!(h.next_final().await, (tag, Err(Reason::Error)));
+    h.wait_for("back to 2 idle", |s| s.pool.idle == 2).await;
+    assert_eq!(h.fake.launched.load(Ordering::SeqCst), 3);
+    let tag = h.submit("echo", "x");
+    assert_eq!(h.next_final().await, (tag, Ok(Bytes::from("x"))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_module_is_refused() {
+    let mut h = harness(1, 1, 10);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let tag = h.submit("nope", "");
+    assert_eq!(h.next_final().await, (tag, Err(Reason::UnknownModule)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_failures_back_off_fail_jobs_and_heal() {
+    let mut h = harness(1, 1, 10);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    // From now on children fail to start; crash the good one.
+    h.fake.fail_start.store(true, Ordering::SeqCst);
+    let tag = h.submit("crash", "");
+    assert_eq!(h.next_final().await, (tag, Err(Reason::Error)));
+    h.wait_for("3 start-up failures", |s| s.children.startup_failures >= 3)
+        .await;
+    let tag = h.submit("echo", "x");
+    assert_eq!(h.next_final().await, (tag, Err(Reason::Error)));
+    // Back-off: over 10 s of (paused) time, far fewer than one spawn per ms.
+    let before = h.fake.launched.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let spawned = h.fake.launched.load(Ordering::SeqCst) - before;
+    assert!(spawned <= 4, "{spawned} spawns in 10 s while failing");
+    h.fake.fail_start.store(false, Ordering::SeqCst);
+    h.wait_for("healed", |s| s.pool.idle == 1).await;
+    let tag = h.submit("echo", "y");
+    assert_eq!(h.next_final().await, (tag, Ok(Bytes::from("y"))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_job_id_kills_child_and_fails_its_job() {
+    let mut h = harness(1, 1, 10);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let tag = h.submit("sleep", "5000");
+    h.wait_for("busy", |s| s.pool.busy == 1).await;
+    // Child 1 claims to finish a job it does not hold.
+    h.pool.child_event(
+        1,
+        ChildEvent::Done {
+            job: 999,
+            output: Bytes::new(),
+            retire: false,
+        },
+    );
+    assert_eq!(h.next_final().await, (tag, Err(Reason::Error)));
+    h.wait_for("replaced", |s| s.pool.idle == 1 && s.children.spawned == 2)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_running_refuses_queued_and_new() {
+    let mut h = harness(1, 1, 10);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let running = h.submit("sleep", "500");
+    let queued = h.submit("echo", "q");
+    h.wait_for("queued", |s| s.queue.len == 1).await;
+    h.pool.shutdown();
+    assert_eq!(h.next_final().await, (queued, Err(Reason::ShuttingDown)));
+    let late = h.submit("echo", "late");
+    assert_eq!(h.next_final().await, (late, Err(Reason::ShuttingDown)));
+    let (tag, res) = h.next_final().await;
+    assert_eq!(tag, running);
+    assert!(res.is_ok());
+    tokio::time::timeout(Duration::from_secs(10), &mut h.done)
+        .await
+        .expect("pool stops")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_grace_kills_long_jobs() {
+    let mut h = harness(1, 1, 10);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let tag = h.submit("sleep", "600000");
+    h.wait_for("busy", |s| s.pool.busy == 1).await;
+    h.pool.shutdown();
+    assert_eq!(h.next_final().await, (tag, Err(Reason::Error)));
+    tokio::time::timeout(Duration::from_secs(10), &mut h.done)
+        .await
+        .expect("pool stops")
+        .unwrap();
+}

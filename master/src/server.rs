@@ -26,7 +26,7 @@ pub async fn run(cfg: Config, listener: std::net::TcpListener) -> std::io::Resul
     tokio::spawn(listener::accept_loop(listener, pool.clone(), listener_cfg));
     tokio::select! {
         r = signals => r?,
-        _ = done => {}
+        r = done => r.map_err(|_| std::io::Error::other("the pool stopped unexpectedly"))?,
     }
     info!("shutdown complete");
     Ok(())

@@ -29,11 +29,12 @@ pub async fn serve(
     max_payload: usize,
 ) {
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(codec::write_batched(
-        write,
-        rx,
-        |out: Outgoing, buf: &mut BytesMut| codec::encode(&out.msg, buf),
-    ));
+    let writer = tokio::spawn(async move {
+        let encode = |out: Outgoing, buf: &mut BytesMut| codec::encode(&out.msg, buf);
+        if let Err(e) = codec::write_batched(write, rx, encode).await {
+            debug!(%peer, error = %e, "client connection write failed");
+        }
+    });
     let say = |msg| {
         let _ = tx.send(Outgoing { msg, permit: None });
     };
@@ -62,6 +63,12 @@ pub async fn serve(
                 context,
                 input,
             })) => {
+                // The client knows both limits (Welcome, codec::MAX_CONTEXT):
+                // a frame past them is a broken peer, like an oversized frame.
+                if input.len() > max_payload || context.len() > codec::MAX_CONTEXT {
+                    warn!(%peer, input = input.len(), context = context.len(), "submit over the size limits; closing");
+                    break;
+                }
                 let permit = permits
                     .clone()
                     .acquire_owned()

@@ -87,8 +87,8 @@ pub enum ClientError {
     /// The job failed with a reason.
     #[error("job failed: {0}")]
     Job(JobFailure),
-    /// The input is larger than the master accepts.
-    #[error("input of {len} bytes exceeds the master's limit of {max}")]
+    /// The input (or context) is larger than the master accepts.
+    #[error("{len} bytes exceed the master's limit of {max}")]
     TooLarge {
         /// Input length.
         len: usize,
@@ -176,7 +176,9 @@ impl Client {
             Some(ToClient::Welcome { max_payload, .. }) => max_payload as usize,
             Some(ToClient::Refused { message }) => return Err(ClientError::Refused(message)),
             Some(other) => {
-                return Err(CodecError::Malformed(format!("expected welcome, got {other:?}")).into())
+                return Err(
+                    CodecError::Malformed(format!("expected welcome, got {other:?}")).into(),
+                )
             }
             None => return Err(ClientError::Disconnected),
         };
@@ -211,6 +213,13 @@ impl Client {
         context: impl Into<Bytes>,
     ) -> Result<JobHandle, ClientError> {
         let input = input.into();
+        let context = context.into();
+        if context.len() > codec::MAX_CONTEXT {
+            return Err(ClientError::TooLarge {
+                len: context.len(),
+                max: codec::MAX_CONTEXT,
+            });
+        }
         if input.len() > self.max_payload {
             return Err(ClientError::TooLarge {
                 len: input.len(),
@@ -229,7 +238,7 @@ impl Client {
         let msg = ToMaster::Submit {
             tag,
             module: module.to_owned(),
-            context: context.into(),
+            context,
             input,
         };
         if self.out.send(msg).is_err() {
@@ -246,7 +255,11 @@ impl Client {
         module: &str,
         input: impl Into<Bytes>,
     ) -> Result<Bytes, ClientError> {
-        Ok(self.submit(module, input, Bytes::new())?.finish().await?.output)
+        Ok(self
+            .submit(module, input, Bytes::new())?
+            .finish()
+            .await?
+            .output)
     }
 
     /// Runs one job whose input and output are serde values (encoded with

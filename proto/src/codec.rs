@@ -8,7 +8,7 @@
 //! bounded to [`HEADER_LIMIT`] so a small frame cannot claim a huge vector.
 
 use crate::messages::Message;
-use bincode::config::{Configuration, Fixint, LittleEndian, Limit};
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{self, Read};
@@ -23,6 +23,13 @@ pub const HEADER_LIMIT: usize = 64 * 1024;
 
 /// Default largest payload (job input, part, response): 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// Largest submit context. With [`MAX_MESSAGE`] it keeps every answer's
+/// header far below [`HEADER_LIMIT`], so an answer can always be encoded.
+pub const MAX_CONTEXT: usize = 16 * 1024;
+
+/// Failure messages are cut to this many bytes.
+pub const MAX_MESSAGE: usize = 8 * 1024;
 
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
@@ -62,6 +69,12 @@ pub enum CodecError {
         /// The limit.
         max: usize,
     },
+    /// The length prefix announced more than the limit (length not kept).
+    #[error("frame exceeds the limit of {max} bytes")]
+    OverLimit {
+        /// The limit.
+        max: usize,
+    },
     /// The peer closed in the middle of a frame.
     #[error("connection closed in the middle of a frame")]
     Truncated,
@@ -94,7 +107,9 @@ pub fn encode<M: Message>(msg: &M, dst: &mut BytesMut) -> Result<(), CodecError>
     let len = dst.len() - start - LENGTH_BYTES;
     let Ok(len32) = u32::try_from(len) else {
         dst.truncate(start);
-        return Err(CodecError::Encode(format!("frame of {len} bytes is too long")));
+        return Err(CodecError::Encode(format!(
+            "frame of {len} bytes is too long"
+        )));
     };
     dst[start..start + LENGTH_BYTES].copy_from_slice(&len32.to_be_bytes());
     Ok(())
@@ -115,8 +130,9 @@ pub fn decode<M: Message>(mut frame: BytesMut) -> Result<M, CodecError> {
     Ok(msg)
 }
 
-/// Encodes a value for a typed job input or output (same format as headers,
-/// without the header limit).
+/// Encodes a value for a typed job input or output: bincode's standard
+/// configuration (variable-length integers), not the header format, since
+/// only Rust code on both ends reads it.
 pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))
@@ -168,7 +184,7 @@ where
 fn classify_read_error(e: io::Error, max: usize) -> CodecError {
     let text = e.to_string();
     if e.kind() == io::ErrorKind::InvalidData && text.contains("frame size too big") {
-        CodecError::FrameTooLarge { len: 0, max }
+        CodecError::OverLimit { max }
     } else if e.kind() == io::ErrorKind::UnexpectedEof || text.contains("bytes remaining") {
         CodecError::Truncated
     } else {
@@ -236,6 +252,19 @@ where
     }
     io.shutdown().await.ok();
     Ok(())
+}
+
+/// Cuts a failure message to [`MAX_MESSAGE`] bytes (on a char boundary).
+pub fn clip_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
 }
 
 /// Encodes a message into a fresh frame (tests, one-off writes).
@@ -406,7 +435,10 @@ mod tests {
         let frame = to_frame(&ToMaster::Stats { tag: 1 }).unwrap();
         let mut data: &[u8] = &frame;
         let body = read_frame_blocking(&mut data, 1024).unwrap().unwrap();
-        assert_eq!(decode::<ToMaster>(body).unwrap(), ToMaster::Stats { tag: 1 });
+        assert_eq!(
+            decode::<ToMaster>(body).unwrap(),
+            ToMaster::Stats { tag: 1 }
+        );
     }
 
     #[tokio::test]
@@ -415,7 +447,7 @@ mod tests {
         let mut r = frame_reader(&mut big, 1024);
         assert!(matches!(
             read_message::<ToMaster, _>(&mut r).await,
-            Err(CodecError::FrameTooLarge { .. })
+            Err(CodecError::OverLimit { .. })
         ));
         let mut short: &[u8] = &[0, 0, 0, 10, 1];
         let mut r = frame_reader(&mut short, 1024);
@@ -433,7 +465,9 @@ mod tests {
         }
         drop(tx);
         let mut out = Vec::new();
-        write_batched(&mut out, rx, |m, b| encode(&m, b)).await.unwrap();
+        write_batched(&mut out, rx, |m, b| encode(&m, b))
+            .await
+            .unwrap();
         let mut r = frame_reader(&out[..], 1024);
         for tag in 0..100u64 {
             let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();

@@ -1,1 +1,302 @@
-//! x
+//! Helpers for the integration tests: find the real binaries, start a master
+//! on port 0, read its log, list its children from `/proc`, wait for
+//! conditions (never a blind sleep).
+//!
+//! # Layout
+//!
+//! - [`bin`]: path of a workspace binary beside the test executable.
+//! - [`Master`]: a running `taskmaster` with its log and children.
+//! - [`wait_until`], [`wait_stats`]: poll a condition with a deadline.
+//! - [`pid_alive`], [`children_of`]: process facts from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub use taskmaster_proto::{Client, ClientError, JobEvent, Reason, Stats};
+
+/// Path of a binary built by `cargo test --workspace` (ripgrep's way: the
+/// test executable is in `target/<profile>/deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    for candidate in [dir.join(name), dir.join("examples").join(name)] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{name} not found in {}: run the tests with `cargo test --workspace`",
+        dir.display()
+    );
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls the master's stats until `cond` holds (15 s at most); returns them.
+pub async fn wait_stats(client: &Client, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = client.stats().await.expect("stats");
+        if cond(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn stat_fields(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// A process that exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    matches!(stat_fields(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+/// Live children of `pid`, from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, ppid)) = stat_fields(child) {
+            if ppid == pid && state != 'Z' && state != 'X' {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<(Vec<String>, bool)>,
+    changed: Condvar,
+}
+
+/// A running master started on port 0.
+pub struct Master {
+    child: Option<Child>,
+    /// Its pid.
+    pub pid: u32,
+    /// The address it listens on.
+    pub addr: String,
+    log: Arc<Log>,
+    seen: Vec<u32>,
+}
+
+impl Master {
+    /// Starts `taskmaster --listen 127.0.0.1:0` with the stock handler and
+    /// `args`, and waits for its address.
+    pub fn start(args: &[&str]) -> Master {
+        Self::start_with(args, &bin("taskmaster-handler"))
+    }
+
+    /// As [`Master::start`] with another handler program.
+    pub fn start_with(args: &[&str], handler: &std::path::Path) -> Master {
+        let mut child = Command::new(bin("taskmaster"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--handler")
+            .arg(handler)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("TASKMASTER_POOL_START")
+            .env_remove("TASKMASTER_POOL_MAX")
+            .env_remove("TASKMASTER_JOB_MAX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start taskmaster");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TASKMASTER_TEST_ECHO_LOG").is_some() {
+                    eprintln!("master: {line}");
+                }
+                sink.lines.lock().unwrap().0.push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().1 = true;
+            sink.changed.notify_all();
+        });
+        let mut master = Master {
+            pid: child.id(),
+            child: Some(child),
+            addr: String::new(),
+            log,
+            seen: Vec::new(),
+        };
+        let line = master.wait_log("listening", Duration::from_secs(10));
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address in the listening line");
+        master.addr = addr.to_owned();
+        master
+    }
+
+    /// Starts a master and waits until its pool is ready.
+    pub fn ready(args: &[&str]) -> Master {
+        let master = Self::start(args);
+        master.wait_log("pool ready", Duration::from_secs(10));
+        master
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = guard.0.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline && !guard.1,
+                "no log line with {needle:?}; log so far:\n{}",
+                guard.0.join("\n")
+            );
+            guard = self
+                .log
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().0.clone()
+    }
+
+    /// The master's live children now (remembered for clean-up).
+    pub fn children(&mut self) -> Vec<u32> {
+        let now = children_of(self.pid);
+        for &pid in &now {
+            if !self.seen.contains(&pid) {
+                self.seen.push(pid);
+            }
+        }
+        now
+    }
+
+    /// Connects a client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr.as_str(), None)
+            .await
+            .expect("connect to master")
+    }
+
+    /// Sends a signal to the master.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig).expect("kill");
+    }
+
+    /// Waits for the master to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("master process");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        // Clean up even when a test failed half-way.
+        let _ = self.children();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for &pid in &self.seen {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a command to its end, killing it if it outlives `timeout` (so a
+/// test that expects an early exit fails instead of hanging).
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Runs the `taskmaster` binary as a client command.
+pub fn cli(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("taskmaster"))
+        .args(args)
+        .env_remove("TASKMASTER_CONNECT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taskmaster");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().expect("taskmaster output")
+}
