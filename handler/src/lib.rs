@@ -79,11 +79,30 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&mut self, msg: &FromHandler) -> io::Result<()> {
-        self.buf.clear();
-        codec::encode(msg, &mut self.buf).map_err(io::Error::other)?;
-        self.stream.write_all(&self.buf)
+    /// Adds a frame to the write buffer.
+    fn push(&mut self, msg: &FromHandler) -> io::Result<()> {
+        codec::encode(msg, &mut self.buf).map_err(io::Error::other)
     }
+
+    /// Writes everything buffered.
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.stream.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &FromHandler) -> io::Result<()> {
+        self.push(msg)?;
+        self.flush()
+    }
+}
+
+/// Whether `buf` starts with a whole frame: another job is already here, so
+/// answers can wait and share one write with the next ones.
+fn holds_whole_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf.len() - 4 >= u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
 }
 
 /// Runs a handler child with these modules; never returns. The master
@@ -172,11 +191,17 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
         secret,
         modules: names,
     });
-    conn.buf.clear();
     codec::encode(&hello, &mut conn.buf).map_err(io::Error::other)?;
-    conn.stream.write_all(&conn.buf)?;
 
-    while let Some(frame) = codec::read_frame_blocking(&mut reader, args.max_payload)? {
+    loop {
+        // Answers wait in the buffer while more jobs are already read (the
+        // master prefetched them); otherwise they go out before we block.
+        if !holds_whole_frame(reader.buffer()) {
+            conn.flush()?;
+        }
+        let Some(frame) = codec::read_frame_blocking(&mut reader, args.max_payload)? else {
+            break;
+        };
         let ToHandler::Job { job, module, input } = codec::decode(frame)?;
         let answer = match table.get_mut(&module) {
             None => FromHandler::Failed {
@@ -187,13 +212,17 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
             },
             Some(m) => run_one(m.as_mut(), job, &input, &mut conn),
         };
-        conn.send(&answer)?;
+        conn.push(&answer)?;
         if matches!(answer, FromHandler::Failed { retire: true, .. }) {
             // A panic left the module's state unknown: let the master replace us.
-            return Ok(());
+            return Ok(conn.flush()?);
+        }
+        if conn.buf.capacity() > 1 << 20 {
+            conn.flush()?;
+            conn.buf = BytesMut::with_capacity(64 * 1024);
         }
     }
-    Ok(())
+    Ok(conn.flush()?)
 }
 
 fn run_one(module: &mut dyn Module, job: u64, input: &[u8], conn: &mut Conn) -> FromHandler {

@@ -284,18 +284,38 @@ async fn serve(
             },
             cmd = ctl.recv() => match cmd {
                 Some(ChildCtl::Job { job, module, input }) => {
+                    // Every job already waiting (prefetch) goes in one write.
                     buf.clear();
-                    let msg = ToHandler::Job { job, module, input };
-                    if let Err(e) = codec::encode(&msg, &mut buf) {
-                        warn!(pid = proc.pid, job, error = %e, "cannot encode job; killing child");
-                        proc.kill();
-                        break;
+                    let mut next = Some(ToHandler::Job { job, module, input });
+                    let mut deferred = None;
+                    while let Some(msg) = next.take() {
+                        if let Err(e) = codec::encode(&msg, &mut buf) {
+                            warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
+                            proc.kill();
+                            break;
+                        }
+                        match ctl.try_recv() {
+                            Ok(ChildCtl::Job { job, module, input }) => {
+                                next = Some(ToHandler::Job { job, module, input });
+                            }
+                            Ok(other) => deferred = Some(other),
+                            Err(_) => {}
+                        }
                     }
-                    if writer.write_all(&buf).await.is_err() {
+                    if proc.killed || writer.write_all(&buf).await.is_err() {
                         break;
                     }
                     if buf.capacity() > 1 << 20 {
                         buf = BytesMut::with_capacity(16 * 1024);
+                    }
+                    match deferred {
+                        Some(ChildCtl::Stop) if !stopping => {
+                            stopping = true;
+                            proc.signal(Signal::SIGTERM);
+                            stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        }
+                        Some(ChildCtl::Kill) => proc.kill(),
+                        _ => {}
                     }
                 }
                 Some(ChildCtl::Stop) if !stopping => {

@@ -38,6 +38,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Print pool and queue figures as JSON.
     Stats(ConnectArgs),
+    /// Load-test a running master (jobs/s, latency percentiles).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of the master.
@@ -81,6 +83,16 @@ pub struct ServeArgs {
     /// Largest job input, part or response, in bytes.
     #[arg(long, env = "TASKMASTER_MAX_PAYLOAD", default_value_t = taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
     pub max_payload: usize,
+    /// Jobs a busy child may hold when no child is free: 1 runs + the rest
+    /// wait in its socket, saving a round trip per job for short jobs. 1:
+    /// every job goes to the first free child.
+    #[arg(
+        long,
+        env = "TASKMASTER_PREFETCH",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub prefetch: usize,
     /// Seconds a shutdown waits for running jobs before killing them.
     #[arg(long, env = "TASKMASTER_GRACE", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub grace: f64,
@@ -109,6 +121,7 @@ impl ServeArgs {
             handler,
             max_payload: self.max_payload,
             grace: Duration::from_secs_f64(self.grace),
+            prefetch: self.prefetch,
         }
     }
 }
@@ -146,6 +159,7 @@ fn connect_failed(addr: &str, e: ClientError) -> ExitCode {
 pub async fn run_client(command: Command) -> ExitCode {
     match command {
         Command::Submit(args) => submit(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Stats(conn) => {
             let client = match Client::connect(conn.connect.as_str(), None).await {
                 Ok(c) => c,

@@ -20,6 +20,9 @@ pub struct Config {
     pub max_payload: usize,
     /// How long a shutdown waits for running jobs.
     pub grace: Duration,
+    /// Jobs a busy child may hold (1 running + the rest waiting in its
+    /// socket). 1 keeps strict first-free-child dispatch.
+    pub prefetch: usize,
 }
 
 /// A setting that cannot work.
@@ -52,6 +55,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// `--prefetch` out of range.
+    #[error("--prefetch must be between 1 and 1024, got {0}")]
+    Prefetch(usize),
     /// `--max-payload` out of range.
     #[error("--max-payload must be between 1 KiB and 1 GiB, got {0}")]
     MaxPayload(usize),
@@ -68,6 +74,9 @@ impl Config {
                 start: self.pool_start,
                 max: self.pool_max,
             });
+        }
+        if !(1..=1024).contains(&self.prefetch) {
+            return Err(ConfigError::Prefetch(self.prefetch));
         }
         if !(1024..=1 << 30).contains(&self.max_payload) {
             return Err(ConfigError::MaxPayload(self.max_payload));

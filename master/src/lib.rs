@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`cli`]: flags (with environment fallbacks) and the client commands.
+//! - [`bench`]: `taskmaster bench`, the load generator.
 //! - [`config`]: validated settings; every check that exits 2 lives there.
 //! - [`server`]: wires listener, pool and signals together.
 //! - [`listener`]: the one TCP listener; hello decides child or client.
@@ -13,6 +14,7 @@
 //! - [`job`]: a job and where its answers go.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
 
+pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod config;

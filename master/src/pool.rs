@@ -169,10 +169,22 @@ struct Slot {
     ctl: mpsc::UnboundedSender<ChildCtl>,
     secret: [u8; SECRET_LEN],
     attached: bool,
-    /// The job this child runs, if busy.
-    job: Option<(JobId, Reply)>,
+    /// Jobs sent to this child, oldest first: the front one runs, the rest
+    /// (with `--prefetch` above 1) wait unread in its socket. A child runs
+    /// its jobs in order, so only the front one can have started.
+    jobs: VecDeque<Held>,
     /// Why the master killed it, for the message of the job it held.
     kill_cause: Option<String>,
+}
+
+/// A job sent to a child.
+struct Held {
+    id: JobId,
+    reply: Reply,
+    /// Module and input of a job sent behind a running one, kept to re-queue
+    /// it if the child never starts it (`None` for a job sent to a free
+    /// child: it starts at once).
+    resend: Option<(String, Bytes)>,
 }
 
 #[derive(Default)]
@@ -197,7 +209,10 @@ struct Pool {
     idle: VecDeque<ChildId>,
     queue: VecDeque<Queued>,
     starting: usize,
+    /// Children holding at least one job.
     busy: usize,
+    /// Jobs sent to children but not started (behind a running one).
+    prefetched: usize,
     next_child: ChildId,
     next_job: JobId,
     /// Module names the children run (all run the same handler program).
@@ -229,6 +244,7 @@ pub fn start(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> (PoolHandle, ones
         queue: VecDeque::new(),
         starting: 0,
         busy: 0,
+        prefetched: 0,
         next_child: 1,
         next_job: 1,
         modules: HashSet::new(),
@@ -307,7 +323,8 @@ impl Pool {
         // will take one queued job when ready, so it adds room for waiting.
         let will_grow =
             self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
-        if self.queue.len() >= self.cfg.job_max + self.starting + usize::from(will_grow) {
+        let waiting = self.queue.len() + self.prefetched;
+        if waiting >= self.cfg.job_max + self.starting + usize::from(will_grow) {
             let msg = format!(
                 "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
                 self.children.len(),
@@ -322,6 +339,7 @@ impl Pool {
         debug!(job = job.id, module = %job.module, "job queued");
         self.queue.push_back(job);
         self.replenish();
+        self.prefetch();
     }
 
     /// Gives an accepted submission its job id.
@@ -336,14 +354,16 @@ impl Pool {
         }
     }
 
-    /// Gives a job to an idle child. If the child's task is already gone
-    /// (its exit report is on the way), the job goes back to the queue head.
+    /// Sends a job to a ready child (idle, or busy with room to prefetch).
+    /// If the child's task is already gone (its exit report is on the way),
+    /// the job goes back to the queue head.
     fn start_job(&mut self, child: ChildId, job: Queued) {
         let slot = self
             .children
             .get_mut(&child)
-            .expect("idle child has a slot");
-        debug!(job = job.id, pid = slot.pid, module = %job.module, "job started");
+            .expect("dispatch target has a slot");
+        debug!(job = job.id, pid = slot.pid, module = %job.module, "job sent to child");
+        let resend = (!slot.jobs.is_empty()).then(|| (job.module.clone(), job.input.clone()));
         let ctl = ChildCtl::Job {
             job: job.id,
             module: job.module,
@@ -351,9 +371,17 @@ impl Pool {
         };
         match slot.ctl.send(ctl) {
             Ok(()) => {
-                slot.state = State::Busy;
-                slot.job = Some((job.id, job.reply));
-                self.busy += 1;
+                if slot.jobs.is_empty() {
+                    slot.state = State::Busy;
+                    self.busy += 1;
+                } else {
+                    self.prefetched += 1;
+                }
+                slot.jobs.push_back(Held {
+                    id: job.id,
+                    reply: job.reply,
+                    resend,
+                });
             }
             Err(mpsc::error::SendError(ChildCtl::Job {
                 job: id,
@@ -367,7 +395,9 @@ impl Pool {
                     input,
                     reply: job.reply,
                 });
-                self.dispatch_queue();
+                if slot.jobs.is_empty() {
+                    self.dispatch_queue();
+                }
             }
             Err(_) => unreachable!("sent a job"),
         }
@@ -390,6 +420,47 @@ impl Pool {
         }
     }
 
+    /// With `--prefetch` above 1 and no child free, tops up the busy
+    /// children's windows from the queue, shortest window first.
+    fn prefetch(&mut self) {
+        if self.cfg.prefetch <= 1 || self.shutting_down {
+            return;
+        }
+        while !self.queue.is_empty() && self.idle.is_empty() {
+            let target = self
+                .children
+                .iter()
+                .filter(|(_, s)| s.state == State::Busy && s.jobs.len() < self.cfg.prefetch)
+                .min_by_key(|(_, s)| s.jobs.len())
+                .map(|(&id, _)| id);
+            let Some(child) = target else {
+                return;
+            };
+            let job = self.queue.pop_front().expect("queue not empty");
+            self.start_job(child, job);
+        }
+    }
+
+    /// Puts jobs a child will never start back at the head of the queue, in
+    /// their order (or fails them `shutting-down` when stopping).
+    fn requeue(&mut self, jobs: VecDeque<Held>) {
+        for held in jobs.into_iter().rev() {
+            match held.resend {
+                Some(_) if self.shutting_down => {
+                    let msg = "the master is shutting down".to_owned();
+                    self.refuse(held.reply, held.id, Reason::ShuttingDown, msg);
+                }
+                Some((module, input)) => self.queue.push_front(Queued {
+                    id: held.id,
+                    module,
+                    input,
+                    reply: held.reply,
+                }),
+                None => unreachable!("only the first job of a window lacks resend data"),
+            }
+        }
+    }
+
     /// A child became free: the next queued job, or the idle list.
     fn child_free(&mut self, id: ChildId) {
         let Some(slot) = self.children.get_mut(&id) else {
@@ -403,6 +474,7 @@ impl Pool {
         slot.state = State::Idle;
         self.idle.push_front(id);
         self.dispatch_queue();
+        self.prefetch();
     }
 
     fn spawn_child(&mut self) {
@@ -418,7 +490,7 @@ impl Pool {
                 ctl,
                 secret,
                 attached: false,
-                job: None,
+                jobs: VecDeque::new(),
                 kill_cause: None,
             },
         );
@@ -519,8 +591,8 @@ impl Pool {
             }
             ChildEvent::Ready { modules } => self.child_ready(id, modules),
             ChildEvent::Part { job, data } => {
-                if let Some((_, reply)) = self.held_job(id, job) {
-                    reply.part(data);
+                if let Some(held) = self.held_job(id, job) {
+                    held.reply.part(data);
                 }
             }
             ChildEvent::Done {
@@ -591,11 +663,11 @@ impl Pool {
         self.replenish();
     }
 
-    /// The job a busy child holds, if `job` names it. A child that answers
+    /// The job a busy child runs, if `job` names it. A child that answers
     /// for another job is broken: it is killed and its job fails `error`.
-    fn held_job(&mut self, id: ChildId, job: JobId) -> Option<&mut (JobId, Reply)> {
+    fn held_job(&mut self, id: ChildId, job: JobId) -> Option<&mut Held> {
         let slot = self.children.get_mut(&id)?;
-        if slot.job.as_ref().is_none_or(|(held, _)| *held != job) {
+        if slot.jobs.front().is_none_or(|held| held.id != job) {
             warn!(
                 pid = slot.pid,
                 job, "child answered for a job it does not hold; killing it"
@@ -607,11 +679,11 @@ impl Pool {
             self.set_state(id, State::Stopping);
             return None;
         }
-        self.children.get_mut(&id)?.job.as_mut()
+        self.children.get_mut(&id)?.jobs.front_mut()
     }
 
     /// Moves a child to another state, keeping the idle list and the
-    /// `starting` count true. (`busy` follows `Slot::job` instead.)
+    /// `starting` count true. (`busy` follows `Slot::jobs` instead.)
     fn set_state(&mut self, id: ChildId, to: State) {
         let Some(slot) = self.children.get_mut(&id) else {
             return;
@@ -624,29 +696,47 @@ impl Pool {
         slot.state = to;
     }
 
-    /// Queued jobs beyond those a starting child will take: the figure
+    /// Jobs accepted but not started (queued, or prefetched behind a
+    /// running job), beyond those a starting child will take: the figure
     /// `job-max` bounds.
     fn backlog(&self) -> usize {
-        self.queue.len().saturating_sub(self.starting)
+        (self.queue.len() + self.prefetched).saturating_sub(self.starting)
     }
 
     fn take_job(&mut self, id: ChildId, job: JobId) -> Option<(JobId, Reply)> {
         self.held_job(id, job)?;
         let slot = self.children.get_mut(&id)?;
-        self.busy -= 1;
-        slot.job.take()
+        let held = slot.jobs.pop_front()?;
+        if slot.jobs.is_empty() {
+            self.busy -= 1;
+        } else {
+            // The next prefetched job is running now.
+            self.prefetched -= 1;
+        }
+        Some((held.id, held.reply))
     }
 
     fn after_job(&mut self, id: ChildId, retire: bool) {
-        if retire {
-            if let Some(slot) = self.children.get_mut(&id) {
-                info!(pid = slot.pid, child = id, "child retiring");
-                slot.state = State::Stopping;
-                let _ = slot.ctl.send(ChildCtl::Stop);
-            }
+        let Some(slot) = self.children.get_mut(&id) else {
             return;
+        };
+        if retire {
+            info!(pid = slot.pid, child = id, "child retiring");
+            let _ = slot.ctl.send(ChildCtl::Stop);
+            let unstarted = std::mem::take(&mut slot.jobs);
+            self.set_state(id, State::Stopping);
+            if !unstarted.is_empty() {
+                self.busy -= 1;
+                self.prefetched -= unstarted.len();
+                self.requeue(unstarted);
+            }
+            self.dispatch_queue();
+            self.prefetch();
+        } else if slot.jobs.is_empty() {
+            self.child_free(id);
+        } else {
+            self.prefetch();
         }
-        self.child_free(id);
     }
 
     fn child_exited(&mut self, id: ChildId, info: ExitInfo) {
@@ -659,23 +749,23 @@ impl Pool {
             State::Idle => self.idle.retain(|&c| c != id),
             State::Busy | State::Stopping => {}
         }
-        if slot.job.is_some() {
+        let mut jobs = std::mem::take(&mut slot.jobs);
+        if !jobs.is_empty() {
             self.busy -= 1;
+            self.prefetched -= jobs.len() - 1;
         }
         let cause = slot.kill_cause.take();
         let how = match &cause {
             Some(cause) => format!("{} ({cause})", info.describe()),
             None => info.describe(),
         };
-        if let Some((job, reply)) = slot.job.take() {
-            warn!(pid = slot.pid, job, %how, "child died mid-job");
+        if let Some(running) = jobs.pop_front() {
+            warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
-            self.refuse(
-                reply,
-                job,
-                Reason::Error,
-                format!("child {pid} {how} while running the job"),
-            );
+            let msg = format!("child {pid} {how} while running the job");
+            self.refuse(running.reply, running.id, Reason::Error, msg);
+            // Jobs behind it never started: they run elsewhere.
+            self.requeue(jobs);
             // A ready child lost mid-job is replaced at once, with no back-off:
             // it did start fine, so this is no crash loop.
             if !self.shutting_down && self.children.len() < self.cfg.pool_max {
@@ -687,6 +777,8 @@ impl Pool {
             info!(pid = slot.pid, child = id, %how, "child exited");
         }
         self.replenish();
+        self.dispatch_queue();
+        self.prefetch();
     }
 
     fn startup_failure(&mut self, pid: Option<u32>, how: String) {

@@ -114,6 +114,10 @@ struct Harness {
 }
 
 fn harness(pool_start: usize, pool_max: usize, job_max: usize) -> Harness {
+    harness_with(pool_start, pool_max, job_max, 1)
+}
+
+fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: usize) -> Harness {
     let cfg = Config {
         pool_start,
         pool_max,
@@ -121,6 +125,7 @@ fn harness(pool_start: usize, pool_max: usize, job_max: usize) -> Harness {
         handler: "fake-handler".into(),
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
+        prefetch,
     };
     let fake = Arc::new(Fake::default());
     let (pool, done) = pool::start(Arc::new(cfg), Arc::new(FakeLauncher(fake.clone())));
@@ -317,4 +322,49 @@ async fn shutdown_grace_kills_long_jobs() {
         .await
         .expect("pool stops")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_sends_jobs_to_busy_children_and_all_complete() {
+    let mut h = harness_with(1, 1, 100, 4);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let slow = h.submit("sleep", "100");
+    let tags: Vec<u64> = (0..10).map(|i| h.submit("echo", &i.to_string())).collect();
+    // One running, three prefetched, the rest queued; all count as waiting.
+    h.wait_for("window full", |s| s.pool.busy == 1 && s.queue.len == 10)
+        .await;
+    assert_eq!(h.next_final().await.0, slow);
+    for (i, tag) in tags.into_iter().enumerate() {
+        assert_eq!(h.next_final().await, (tag, Ok(Bytes::from(i.to_string()))));
+    }
+    h.wait_for("idle again", |s| s.pool.idle == 1 && s.queue.len == 0)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefetched_jobs_of_a_crashed_child_run_elsewhere() {
+    let mut h = harness_with(1, 1, 100, 3);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let crash = h.submit("crash", "");
+    let a = h.submit("echo", "a");
+    let b = h.submit("echo", "b");
+    assert_eq!(h.next_final().await, (crash, Err(Reason::Error)));
+    assert_eq!(h.next_final().await, (a, Ok(Bytes::from("a"))));
+    assert_eq!(h.next_final().await, (b, Ok(Bytes::from("b"))));
+    let s = h.stats().await;
+    assert_eq!(
+        (s.jobs.completed, s.jobs.failed, s.children.spawned),
+        (2, 1, 2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_counts_against_job_max() {
+    let mut h = harness_with(1, 1, 2, 8);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let _running = h.submit("sleep", "1000");
+    let _a = h.submit("echo", "a");
+    let _b = h.submit("echo", "b");
+    let refused = h.submit("echo", "c");
+    assert_eq!(h.next_final().await, (refused, Err(Reason::Overload)));
 }

@@ -1,0 +1,367 @@
+//! `taskmaster bench`: the load generator users run to size a pool, like
+//! `redis-benchmark`. C connections, each keeping W jobs in flight, N jobs
+//! of random bytes in all; every answer is checked; a summary table (or one
+//! JSON object) at the end. `--spawn` measures pool growth instead.
+
+use crate::cli::ConnectArgs;
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taskmaster_proto::{Client, ClientError, Completed};
+
+/// Flags of `taskmaster bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Module to run.
+    #[arg(long, default_value = "echo")]
+    module: String,
+    /// Bytes of random input per job.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    size: usize,
+    /// A fixed input instead of random bytes (e.g. `--module sleep --input 10`).
+    #[arg(long, value_name = "TEXT")]
+    input: Option<String>,
+    /// Jobs in all.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    jobs: u64,
+    /// Client connections.
+    #[arg(long, default_value_t = 4, value_name = "C", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    clients: u64,
+    /// Jobs in flight per connection (1: submit, wait, submit).
+    #[arg(long, default_value_t = 1, value_name = "W", value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    pipeline: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Measure pool growth: with every child busy, the time from submit to
+    /// the first answer of each new child, up to pool-max.
+    #[arg(long)]
+    spawn: bool,
+}
+
+/// The summary of a run (`--json` prints it).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    module: String,
+    size: usize,
+    clients: u64,
+    pipeline: u64,
+    jobs: u64,
+    completed: u64,
+    seconds: f64,
+    jobs_per_sec: f64,
+    mb_per_sec: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    failed: u64,
+    failed_by_reason: BTreeMap<String, u64>,
+    wrong_answers: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    failed: BTreeMap<String, u64>,
+    wrong: u64,
+}
+
+/// A tiny xorshift generator: random payloads without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+fn check(module: &str, input: &[u8], done: &Completed) -> bool {
+    let out = &done.output[..];
+    match module {
+        "echo" => out == input,
+        "sha256" => out.len() == 64 && out.iter().all(|b| b.is_ascii_hexdigit()),
+        "pid" | "sleep" => !out.is_empty() && out.iter().all(u8::is_ascii_digit),
+        "count" => out == b"done\n",
+        _ => true,
+    }
+}
+
+/// Runs `taskmaster bench`.
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let addr = args.conn.connect.as_str();
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        match Client::connect(addr, None).await {
+            Ok(c) => clients.push(Arc::new(c)),
+            Err(e) => {
+                eprintln!("taskmaster: cannot connect to {addr}: {e}");
+                return ExitCode::from(crate::cli::EXIT_USAGE);
+            }
+        }
+    }
+    if args.spawn {
+        return spawn_mode(&clients[0], args.json).await;
+    }
+    let args = Arc::new(args);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(args.jobs);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} jobs  {per_sec}  eta {eta}",
+            )
+            .expect("progress template"),
+        );
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        for w in 0..args.pipeline {
+            let (client, args, next, done) =
+                (client.clone(), args.clone(), next.clone(), done.clone());
+            let seed = 0x9E37_79B9_7F4A_7C15 ^ ((c as u64) << 20 | w) | 1;
+            workers.push(tokio::spawn(async move {
+                worker(&client, &args, &next, &done, seed).await
+            }));
+        }
+    }
+    let mut tally = Tally::default();
+    for w in workers {
+        let t = w.await.expect("bench worker");
+        tally.latencies_us.extend(t.latencies_us);
+        tally.wrong += t.wrong;
+        for (reason, n) in t.failed {
+            *tally.failed.entry(reason).or_default() += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = summarize(&args, tally, seconds);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
+    } else {
+        print_table(&report);
+    }
+    if report.failed == 0 && report.wrong_answers == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::cli::EXIT_FAILED)
+    }
+}
+
+async fn worker(
+    client: &Client,
+    args: &BenchArgs,
+    next: &AtomicU64,
+    done: &AtomicU64,
+    seed: u64,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut rng = Rng(seed);
+    let mut base = vec![0u8; args.size];
+    rng.fill(&mut base);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= args.jobs {
+            return tally;
+        }
+        let input = match &args.input {
+            Some(text) => Bytes::from(text.clone().into_bytes()),
+            None => {
+                // Unique per job, so an answer given to the wrong job shows.
+                let mut buf = BytesMut::with_capacity(args.size);
+                buf.extend_from_slice(&base);
+                let n = args.size.min(8);
+                buf[..n].copy_from_slice(&i.to_le_bytes()[..n]);
+                if args.size > 8 {
+                    rng.fill(&mut base[8..args.size.min(16)]);
+                }
+                buf.freeze()
+            }
+        };
+        let t0 = Instant::now();
+        let result = match client.submit(&args.module, input.clone(), Bytes::new()) {
+            Ok(job) => job.finish().await,
+            Err(e) => Err(e),
+        };
+        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        done.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(answer) => {
+                tally.latencies_us.push(us);
+                if !check(&args.module, &input, &answer) {
+                    tally.wrong += 1;
+                }
+            }
+            Err(ClientError::Job(f)) => *tally.failed.entry(f.reason.to_string()).or_default() += 1,
+            Err(e) => {
+                *tally.failed.entry(format!("client: {e}")).or_default() += 1;
+                if matches!(e, ClientError::Disconnected) {
+                    return tally;
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    u64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn summarize(args: &BenchArgs, mut tally: Tally, seconds: f64) -> Report {
+    tally.latencies_us.sort_unstable();
+    let l = &tally.latencies_us;
+    let completed = l.len() as u64;
+    let failed = tally.failed.values().sum();
+    let size = args.input.as_ref().map_or(args.size, String::len);
+    Report {
+        module: args.module.clone(),
+        size,
+        clients: args.clients,
+        pipeline: args.pipeline,
+        jobs: args.jobs,
+        completed,
+        seconds,
+        jobs_per_sec: completed as f64 / seconds,
+        mb_per_sec: (completed as f64 * size as f64) / seconds / 1e6,
+        p50_us: percentile(l, 50.0),
+        p90_us: percentile(l, 90.0),
+        p99_us: percentile(l, 99.0),
+        p999_us: percentile(l, 99.9),
+        max_us: l.last().map_or(0, |&v| u64::from(v)),
+        failed,
+        failed_by_reason: tally.failed,
+        wrong_answers: tally.wrong,
+    }
+}
+
+fn print_table(r: &Report) {
+    println!("module        {} ({} bytes in)", r.module, r.size);
+    println!("clients       {} x {} in flight", r.clients, r.pipeline);
+    println!("jobs          {} ({} completed)", r.jobs, r.completed);
+    println!("seconds       {:.3}", r.seconds);
+    println!("jobs/s        {:.0}", r.jobs_per_sec);
+    println!("MB/s          {:.2} (input bytes)", r.mb_per_sec);
+    println!(
+        "latency us    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+    );
+    if r.failed == 0 {
+        println!("failed        0");
+    } else {
+        let by: Vec<String> = r
+            .failed_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("failed        {} ({})", r.failed, by.join(", "));
+    }
+    if r.wrong_answers > 0 {
+        println!("WRONG ANSWERS {}", r.wrong_answers);
+    }
+}
+
+/// Growth: hold every current child with a long `sleep`, then submit one
+/// `pid` job per free slot below pool-max; each is answered by a child
+/// spawned for it, so its latency is spawn-to-first-answer.
+async fn spawn_mode(client: &Client, json: bool) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("taskmaster: bench --spawn: {msg}");
+        ExitCode::from(crate::cli::EXIT_FAILED)
+    };
+    let stats = match client.stats().await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let (size, max) = (stats.pool.size, stats.pool.max);
+    if size >= max {
+        return fail(format!("the pool is already at pool-max ({max}); start the master with pool-max above pool-start"));
+    }
+    let hold_ms = 3000 + 20 * max as u64;
+    let holds: Vec<_> = (0..size)
+        .map(|_| client.submit("sleep", hold_ms.to_string(), Bytes::new()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    loop {
+        match client.stats().await {
+            Ok(s) if s.pool.busy >= size => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    let t0 = Instant::now();
+    let probes: Vec<_> = (0..max - size)
+        .map(|_| client.submit("pid", Bytes::new(), Bytes::new()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    let mut times = Vec::new();
+    for p in probes {
+        match p.finish().await {
+            Ok(_) => times.push(t0.elapsed().as_micros() as u32),
+            Err(e) => return fail(format!("probe job: {e}")),
+        }
+    }
+    for h in holds {
+        let _ = h.finish().await;
+    }
+    let n = times.len();
+    let mut sorted = times.clone();
+    sorted.sort_unstable();
+    // The k-th answer waited for k children to spawn in parallel on 2 cores;
+    // the first is the single-child figure.
+    let first = sorted.first().copied().unwrap_or(0);
+    if json {
+        let v = serde_json::json!({
+            "spawned": n, "first_answer_us": first,
+            "p50_us": percentile(&sorted, 50.0), "all_answered_us": sorted.last().copied().unwrap_or(0),
+        });
+        println!("{v}");
+    } else {
+        println!("children spawned    {n} (pool {size} -> {max})");
+        println!("first new answer    {first} us after submit");
+        println!("median              {} us", percentile(&sorted, 50.0));
+        println!(
+            "all answered        {} us",
+            sorted.last().copied().unwrap_or(0)
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,151 @@
+//! `taskmaster bench` runs against a real master and checks every answer
+//! (no timing assertions: speed is for docs/performance.md), and
+//! `--prefetch` keeps the exactly-one-answer rule with real processes.
+
+use bytes::Bytes;
+use std::time::Duration;
+use taskmaster_tests::{bin, output_within, wait_stats, Master, Reason};
+
+fn bench(master: &Master, args: &[&str]) -> serde_json::Value {
+    let o = output_within(
+        std::process::Command::new(bin("taskmaster"))
+            .args(["bench", "--connect", &master.addr, "--json"])
+            .args(args),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_reports_every_job_checked() {
+    let master = Master::ready(&["--pool-start", "2", "--pool-max", "2", "--job-max", "1000"]);
+    let r = bench(
+        &master,
+        &[
+            "--jobs",
+            "2000",
+            "--clients",
+            "3",
+            "--pipeline",
+            "7",
+            "--size",
+            "100",
+        ],
+    );
+    assert_eq!(r["completed"], 2000);
+    assert_eq!(r["failed"], 0);
+    assert_eq!(r["wrong_answers"], 0);
+    for key in [
+        "jobs",
+        "seconds",
+        "jobs_per_sec",
+        "p50_us",
+        "p99_us",
+        "failed",
+    ] {
+        assert!(r.get(key).is_some(), "report lacks {key}: {r}");
+    }
+    let r = bench(
+        &master,
+        &["--jobs", "50", "--module", "sha256", "--size", "5000"],
+    );
+    assert_eq!(
+        (r["completed"].as_u64(), r["wrong_answers"].as_u64()),
+        (Some(50), Some(0))
+    );
+    // Failures are counted by reason, and make the exit status 1.
+    let o = output_within(
+        std::process::Command::new(bin("taskmaster")).args([
+            "bench",
+            "--connect",
+            &master.addr,
+            "--json",
+            "--jobs",
+            "5",
+            "--module",
+            "fail",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["failed_by_reason"]["failed"], 5);
+}
+
+#[test]
+fn bench_spawn_mode_measures_growth() {
+    let master = Master::ready(&["--pool-start", "1", "--pool-max", "3"]);
+    let r = bench(&master, &["--spawn"]);
+    assert_eq!(r["spawned"], 2, "{r}");
+    assert!(r["first_answer_us"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn prefetched_jobs_survive_a_crash_and_a_kill() {
+    let mut master = Master::ready(&[
+        "--pool-start",
+        "2",
+        "--pool-max",
+        "2",
+        "--prefetch",
+        "8",
+        "--job-max",
+        "1000",
+    ]);
+    let client = master.client().await;
+    // Both children busy, then a crash with jobs prefetched behind it.
+    let hold = client.submit("sleep", "300", Bytes::new()).unwrap();
+    let crash = client.submit("crash", "", Bytes::new()).unwrap();
+    let echoes: Vec<_> = (0..40)
+        .map(|i| {
+            (
+                i,
+                client.submit("echo", i.to_string(), Bytes::new()).unwrap(),
+            )
+        })
+        .collect();
+    match crash.finish().await {
+        Err(taskmaster_tests::ClientError::Job(f)) => assert_eq!(f.reason, Reason::Error),
+        other => panic!("{other:?}"),
+    }
+    hold.finish().await.unwrap();
+    for (i, job) in echoes {
+        assert_eq!(job.finish().await.unwrap().output, i.to_string().as_bytes());
+    }
+    // kill -9 of a child holding a running job and prefetched ones.
+    wait_stats(&client, "pool back", |s| s.pool.idle == 2).await;
+    let running: Vec<_> = (0..2)
+        .map(|_| client.submit("sleep", "2000", Bytes::new()).unwrap())
+        .collect();
+    let behind: Vec<_> = (0..10)
+        .map(|_| client.submit("pid", "", Bytes::new()).unwrap())
+        .collect();
+    wait_stats(&client, "both busy", |s| s.pool.busy == 2).await;
+    let victim = master.children()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut errors = 0;
+    for job in running {
+        if job.finish().await.is_err() {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 1, "exactly the killed child's running job fails");
+    for job in behind {
+        let pid = job
+            .finish()
+            .await
+            .expect("prefetched jobs run elsewhere")
+            .output;
+        assert_ne!(pid, victim.to_string().as_bytes());
+    }
+}
