@@ -162,8 +162,9 @@ impl Launcher for ProcessLauncher {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .process_group(0);
-        // Spawn here, on a runtime worker thread that lives as long as the
-        // master: the child's death signal is tied to the forking thread.
+        // Spawn here, on the runtime's thread (the master's main thread, which
+        // lives as long as the master): the child's death signal is tied to
+        // the forking thread, so never fork from a short-lived blocking thread.
         match cmd.spawn() {
             Ok(child) => {
                 tokio::spawn(supervise(id, child, secret, ctl, pool));

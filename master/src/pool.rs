@@ -420,13 +420,15 @@ impl Pool {
         }
     }
 
-    /// With `--prefetch` above 1 and no child free, tops up the busy
-    /// children's windows from the queue, shortest window first.
+    /// With `--prefetch` above 1, no child free and the pool at `pool-max`,
+    /// tops up the busy children's windows from the queue, shortest window
+    /// first. Growth comes first: below `pool-max` a waiting job spawns a
+    /// child instead; jobs a starting child will take stay queued for it.
     fn prefetch(&mut self) {
-        if self.cfg.prefetch <= 1 || self.shutting_down {
+        if self.cfg.prefetch <= 1 || self.shutting_down || self.children.len() < self.cfg.pool_max {
             return;
         }
-        while !self.queue.is_empty() && self.idle.is_empty() {
+        while self.queue.len() > self.starting && self.idle.is_empty() {
             let target = self
                 .children
                 .iter()
@@ -819,6 +821,7 @@ impl Pool {
         info!(
             busy = self.busy,
             queued = self.queue.len(),
+            prefetched = self.prefetched,
             grace_secs = self.cfg.grace.as_secs_f64(),
             "shutting down"
         );

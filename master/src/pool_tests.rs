@@ -368,3 +368,19 @@ async fn prefetch_counts_against_job_max() {
     let refused = h.submit("echo", "c");
     assert_eq!(h.next_final().await, (refused, Err(Reason::Overload)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_never_holds_back_growth() {
+    let mut h = harness_with(1, 3, 100, 8);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let tags: Vec<u64> = (0..3).map(|_| h.submit("sleep", "1000")).collect();
+    // Below pool-max, waiting jobs spawn children instead of being prefetched.
+    h.wait_for("grown to 3, all busy", |s| {
+        s.pool.size == 3 && s.pool.busy == 3
+    })
+    .await;
+    for _ in tags {
+        assert!(h.next_final().await.1.is_ok());
+    }
+    assert_eq!(h.fake.launched.load(Ordering::SeqCst), 3);
+}

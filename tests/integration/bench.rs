@@ -80,10 +80,24 @@ fn bench_reports_every_job_checked() {
 
 #[test]
 fn bench_spawn_mode_measures_growth() {
-    let master = Master::ready(&["--pool-start", "1", "--pool-max", "3"]);
-    let r = bench(&master, &["--spawn"]);
-    assert_eq!(r["spawned"], 2, "{r}");
-    assert!(r["first_answer_us"].as_u64().unwrap() > 0);
+    // With and without prefetch: growth to pool-max comes first.
+    for prefetch in ["1", "8"] {
+        let master = Master::ready(&[
+            "--pool-start",
+            "1",
+            "--pool-max",
+            "3",
+            "--prefetch",
+            prefetch,
+        ]);
+        let r = bench(&master, &["--spawn"]);
+        assert_eq!(r["spawned"], 2, "prefetch {prefetch}: {r}");
+        assert!(r["first_answer_us"].as_u64().unwrap() > 0);
+        let stats = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { master.client().await.stats().await.unwrap() });
+        assert_eq!(stats.children.spawned, 3, "prefetch {prefetch}");
+    }
 }
 
 #[tokio::test]
