@@ -274,7 +274,7 @@ fi
 # ---- 6. table and JSON --------------------------------------------------------
 GEARMAN_VERSION=""
 [ -z "$GEARMAND" ] || GEARMAN_VERSION=$("$GEARMAND" -V 2>&1 | grep -m 1 . | cut -d" " -f1-2)
-TM_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+TM_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$SIZE" "$WORKERS" "$REPEATS" "$GEARMAN_VERSION" "$TM_REV" \
     "$(nproc)" "${CONFIGS[@]}" <<'EOF'
