@@ -24,7 +24,12 @@ start_master() {
   ADDR=$(grep -o 'addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2)
   rm -f "$log"
 }
-stop_master() { kill "$MASTER_PID" 2>/dev/null; wait "$MASTER_PID" 2>/dev/null || true; }
+stop_master() {
+  [ -n "$MASTER_PID" ] || return 0
+  kill "$MASTER_PID" 2>/dev/null || true
+  wait "$MASTER_PID" 2>/dev/null || true
+  MASTER_PID=
+}
 trap stop_master EXIT
 
 # median of REPEAT bench runs -> "jobs_per_sec p50_us p99_us mb_per_sec"
@@ -36,7 +41,7 @@ import json, statistics, sys
 rows = [json.loads(l) for l in sys.stdin]
 assert all(r["failed"] == 0 and r["wrong_answers"] == 0 for r in rows), rows
 med = lambda k: statistics.median(r[k] for r in rows)
-print(f"{med(\"jobs_per_sec\"):.0f} {med(\"p50_us\"):.0f} {med(\"p99_us\"):.0f} {med(\"mb_per_sec\"):.2f}")'
+print("%.0f %.0f %.0f %.2f" % (med("jobs_per_sec"), med("p50_us"), med("p99_us"), med("mb_per_sec")))'
 }
 
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }

@@ -26,6 +26,7 @@
 #   BUILD_DIR             build output and logs (bench/.build)
 #   RUN_TIMEOUT           seconds one load run may take (600)
 #   SKIP_INSTALL=1        do not apt-get install gearmand/libgearman-dev
+#   TM_ARGS               extra taskmaster master flags, e.g. "--prefetch 64"
 #
 # Needs: bash, gcc, python3, cargo; apt-get (root or sudo) unless the
 # gearman packages are already installed. Every process it starts is killed
@@ -242,7 +243,7 @@ fi
 # ---- 5. taskmaster ----------------------------------------------------------
 if has taskmaster; then
     NO_COLOR=1 "$TM" --listen 127.0.0.1:0 --pool-start "$WORKERS" --pool-max "$WORKERS" \
-        --job-max 100000 </dev/null >"$LOGS/taskmaster.log" 2>&1 &
+        --job-max 100000 ${TM_ARGS:-} </dev/null >"$LOGS/taskmaster.log" 2>&1 &
     TM_PID=$!
     PIDS+=("$TM_PID")
     TM_ADDR=""

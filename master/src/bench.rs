@@ -3,7 +3,7 @@
 //! of random bytes in all; every answer is checked; a summary table (or one
 //! JSON object) at the end. `--spawn` measures pool growth instead.
 
-use crate::cli::ConnectArgs;
+use crate::cli::{print_line, ConnectArgs};
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use serde::Serialize;
@@ -169,10 +169,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     }
     let report = summarize(&args, tally, seconds);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serializes")
-        );
+        print_line(&serde_json::to_string(&report).expect("report serializes"));
     } else {
         print_table(&report);
     }
@@ -274,28 +271,34 @@ fn summarize(args: &BenchArgs, mut tally: Tally, seconds: f64) -> Report {
 }
 
 fn print_table(r: &Report) {
-    println!("module        {} ({} bytes in)", r.module, r.size);
-    println!("clients       {} x {} in flight", r.clients, r.pipeline);
-    println!("jobs          {} ({} completed)", r.jobs, r.completed);
-    println!("seconds       {:.3}", r.seconds);
-    println!("jobs/s        {:.0}", r.jobs_per_sec);
-    println!("MB/s          {:.2} (input bytes)", r.mb_per_sec);
-    println!(
+    print_line(&format!("module        {} ({} bytes in)", r.module, r.size));
+    print_line(&format!(
+        "clients       {} x {} in flight",
+        r.clients, r.pipeline
+    ));
+    print_line(&format!(
+        "jobs          {} ({} completed)",
+        r.jobs, r.completed
+    ));
+    print_line(&format!("seconds       {:.3}", r.seconds));
+    print_line(&format!("jobs/s        {:.0}", r.jobs_per_sec));
+    print_line(&format!("MB/s          {:.2} (input bytes)", r.mb_per_sec));
+    print_line(&format!(
         "latency us    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
-    );
+    ));
     if r.failed == 0 {
-        println!("failed        0");
+        print_line("failed        0");
     } else {
         let by: Vec<String> = r
             .failed_by_reason
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        println!("failed        {} ({})", r.failed, by.join(", "));
+        print_line(&format!("failed        {} ({})", r.failed, by.join(", ")));
     }
     if r.wrong_answers > 0 {
-        println!("WRONG ANSWERS {}", r.wrong_answers);
+        print_line(&format!("WRONG ANSWERS {}", r.wrong_answers));
     }
 }
 
@@ -370,15 +373,17 @@ async fn spawn_mode(client: &Client, json: bool) -> ExitCode {
             "spawned": new_pids.len(), "first_answer_us": first,
             "p50_us": median, "all_answered_us": last,
         });
-        println!("{v}");
+        print_line(&v.to_string());
     } else {
-        println!(
+        print_line(&format!(
             "children spawned    {} (pool {size} -> {max})",
             new_pids.len()
-        );
-        println!("first new answer    {first} us after submit (probe sleep subtracted)");
-        println!("median              {median} us");
-        println!("all answered        {last} us");
+        ));
+        print_line(&format!(
+            "first new answer    {first} us after submit (probe sleep subtracted)"
+        ));
+        print_line(&format!("median              {median} us"));
+        print_line(&format!("all answered        {last} us"));
     }
     ExitCode::SUCCESS
 }

@@ -150,6 +150,15 @@ pub struct SubmitArgs {
     pub data: Option<String>,
 }
 
+/// Prints a line on stdout; a reader that went away (a closed pipe) is not
+/// worth a panic.
+pub fn print_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(text.as_bytes())
+        .and_then(|_| out.write_all(b"\n"));
+}
+
 fn connect_failed(addr: &str, e: ClientError) -> ExitCode {
     eprintln!("taskmaster: cannot connect to {addr}: {e}");
     ExitCode::from(EXIT_USAGE)
@@ -168,7 +177,7 @@ pub async fn run_client(command: Command) -> ExitCode {
             match client.stats().await {
                 Ok(stats) => {
                     let text = serde_json::to_string_pretty(&stats).expect("stats serialize");
-                    println!("{text}");
+                    print_line(&text);
                     ExitCode::from(EXIT_OK)
                 }
                 Err(e) => {
