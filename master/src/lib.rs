@@ -4,7 +4,7 @@
 //! # Layout
 //!
 //! - [`cli`]: flags (with environment fallbacks) and the client commands.
-//! - [`bench`]: `taskmaster bench`, the load generator.
+//! - [`bench`](mod@bench): `taskmaster bench`, the load generator.
 //! - [`config`]: validated settings; every check that exits 2 lives there.
 //! - [`server`]: wires listener, pool and signals together.
 //! - [`listener`]: the one TCP listener; hello decides child or client.
