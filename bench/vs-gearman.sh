@@ -15,13 +15,18 @@
 # (bench/gearman/load_client.c), both against libgearman.
 # taskmaster side: the master with --pool-start 4 --pool-max 4 and
 # `taskmaster bench`.
+# Floor (configuration a only): bench/relay/relay_floor.c, a raw relay chain
+# client -> relay -> worker -> relay -> client with nothing but 4-byte
+# length-prefixed frames over blocking TCP_NODELAY sockets, run REPEATS
+# times with the same job count and size; the table adds its row and the
+# ratio of taskmaster's p50 to the floor's.
 #
 # Environment (all optional):
 #   JOBS_A JOBS_B JOBS_C  jobs per run of a, b, c (20000, 100000, 400000)
 #   REPEATS               runs per configuration (3)
 #   SIZE                  payload bytes (64)
 #   WORKERS               gearman workers = taskmaster pool size (4)
-#   SYSTEMS               "gearman taskmaster" (default) or just one of them
+#   SYSTEMS               "gearman taskmaster floor" (default) or a subset
 #   OUT                   JSON result file (bench/.build/vs-gearman.json)
 #   BUILD_DIR             build output and logs (bench/.build)
 #   RUN_TIMEOUT           seconds one load run may take (600)
@@ -42,7 +47,7 @@ JOBS_C=${JOBS_C:-400000}
 REPEATS=${REPEATS:-3}
 SIZE=${SIZE:-64}
 WORKERS=${WORKERS:-4}
-SYSTEMS=${SYSTEMS:-gearman taskmaster}
+SYSTEMS=${SYSTEMS:-gearman taskmaster floor}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TM=$TARGET_DIR/release/taskmaster
@@ -139,6 +144,10 @@ if has gearman; then
         "$ROOT/bench/gearman/echo_worker.c" -lgearman
     gcc -O2 -Wall -Wextra -pthread -o "$BUILD_DIR/gm-load" \
         "$ROOT/bench/gearman/load_client.c" -lgearman
+fi
+if has floor; then
+    log "building bench/relay/relay_floor.c"
+    gcc -O2 -Wall -Wextra -o "$BUILD_DIR/relay-floor" "$ROOT/bench/relay/relay_floor.c"
 fi
 
 # run_load SYSTEM CONFIG REP COMMAND...: run one load, append its JSON line
@@ -272,6 +281,16 @@ if has taskmaster; then
     stop_all
 fi
 
+# ---- 5b. the raw 4-hop relay floor, configuration a only -------------------
+if has floor; then
+    read -r name clients pipeline jobs <<<"${CONFIGS[0]}"
+    log "relay floor: $jobs jobs of $SIZE bytes, one at a time"
+    for rep in $(seq "$REPEATS"); do
+        # relay-floor forks its relay and worker and reaps them itself
+        run_load floor "$name" "$rep" "$BUILD_DIR/relay-floor" -n "$jobs" -s "$SIZE"
+    done
+fi
+
 # ---- 6. table and JSON --------------------------------------------------------
 GEARMAN_VERSION=""
 [ -z "$GEARMAND" ] || GEARMAN_VERSION=$("$GEARMAND" -V 2>&1 | grep -m 1 . | cut -d" " -f1-2)
@@ -292,7 +311,7 @@ rows = []
 for name, clients, pipeline, jobs in configs:
     row = {"config": name, "clients": int(clients), "pipeline": int(pipeline),
            "jobs": int(jobs), "size": int(size)}
-    for system in ("gearman", "taskmaster"):
+    for system in ("gearman", "taskmaster", "floor"):
         rs = [r for r in runs if r["system"] == system and r["config"] == name]
         if not rs:
             row[system] = None
@@ -307,6 +326,10 @@ for name, clients, pipeline, jobs in configs:
     g, t = row["gearman"], row["taskmaster"]
     row["ratio_taskmaster_gearman"] = (
         t["jobs_per_sec"] / g["jobs_per_sec"] if g and t and g["jobs_per_sec"] else None)
+    fl = row["floor"]
+    for system, s in (("taskmaster", t), ("gearman", g)):
+        row[f"ratio_p50_{system}_floor"] = (
+            s["p50_us"] / fl["p50_us"] if s and fl and s["p50_us"] and fl["p50_us"] else None)
     rows.append(row)
 
 doc = {"benchmark": "vs-gearman", "size": int(size), "workers": int(workers),
@@ -331,6 +354,13 @@ for r in rows:
     print(f"{label:<22} {fmt(g.get('jobs_per_sec')):>12} {fmt(t.get('jobs_per_sec')):>15} "
           f"{fmt(r['ratio_taskmaster_gearman'], '{:.2f}'):>6} {lat(g):>19} {lat(t):>22} "
           f"{fmt(g.get('failed'), '{}')+'/'+fmt(t.get('failed'), '{}'):>13}")
+    fl = r["floor"]
+    if fl:
+        print(f"  {'floor: raw 4-hop relay':<20} {fmt(fl['jobs_per_sec'])} j/s, "
+              f"p50/p99 {fmt(fl['p50_us'])}/{fmt(fl['p99_us'])} us, failed {fl['failed']}; "
+              f"p50 / floor p50: taskmaster "
+              f"{fmt(r['ratio_p50_taskmaster_floor'], '{:.2f}x')}, "
+              f"gearman {fmt(r['ratio_p50_gearman_floor'], '{:.2f}x')}")
 print(f"\nJSON: {out_path}")
 EOF
 
