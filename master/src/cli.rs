@@ -96,6 +96,34 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for running jobs before killing them.
     #[arg(long, env = "TASKMASTER_GRACE", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub grace: f64,
+    /// Also serve the HTTP/JSON API on this address (port 0: any free port).
+    #[arg(long, env = "TASKMASTER_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Seconds a job may run before it fails `timeout` and its child is
+    /// killed (0: no limit). A submit may ask for its own.
+    #[arg(long, env = "TASKMASTER_JOB_TIMEOUT", default_value_t = 0.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub job_timeout: f64,
+    /// Finished jobs whose outcome is kept for `status`/`result` (also the
+    /// most start-later jobs held at once).
+    #[arg(
+        long,
+        env = "TASKMASTER_KEEP_RESULTS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub keep_results: usize,
+    /// Seconds a finished job's outcome is kept.
+    #[arg(long, env = "TASKMASTER_RESULT_TTL", default_value_t = 3600.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub result_ttl: f64,
+    /// Response bytes kept in the job table in all; the oldest outcomes go
+    /// first beyond it.
+    #[arg(
+        long,
+        env = "TASKMASTER_KEEP_RESULTS_BYTES",
+        default_value_t = 256 * 1024 * 1024,
+        value_name = "BYTES"
+    )]
+    pub keep_results_bytes: usize,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -122,6 +150,10 @@ impl ServeArgs {
             max_payload: self.max_payload,
             grace: Duration::from_secs_f64(self.grace),
             prefetch: self.prefetch,
+            job_timeout: (self.job_timeout > 0.0).then(|| Duration::from_secs_f64(self.job_timeout)),
+            keep_results: self.keep_results,
+            result_ttl: Duration::from_secs_f64(self.result_ttl),
+            keep_results_bytes: self.keep_results_bytes,
         }
     }
 }

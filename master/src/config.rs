@@ -23,6 +23,14 @@ pub struct Config {
     /// Jobs a busy child may hold (1 running + the rest waiting in its
     /// socket). 1 keeps strict first-free-child dispatch.
     pub prefetch: usize,
+    /// Run-time limit of a job that asks for none (`None`: no limit).
+    pub job_timeout: Option<Duration>,
+    /// Finished jobs kept in the job table (and start-later jobs held).
+    pub keep_results: usize,
+    /// How long a finished job is kept.
+    pub result_ttl: Duration,
+    /// Response bytes kept in the job table in all.
+    pub keep_results_bytes: usize,
 }
 
 /// A setting that cannot work.

@@ -1,11 +1,17 @@
-//! A job as the pool holds it, and where its answers go.
+//! A job as the pool holds it, where its answers go, and the answers to job
+//! operations (status, result, start, cancel, list) in the one shape the
+//! socket and HTTP both render.
 
 use bytes::Bytes;
+use serde::Serialize;
+use taskmaster_proto::jobs::{
+    ErrorBody, FailureBody, JobList, JobRef, JobStatus, JobView, Outcome, SubmitOptions,
+};
 use taskmaster_proto::messages::ToClient;
 use taskmaster_proto::Reason;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-/// The master's job id.
+/// The master's job number (the id's part after the instance prefix).
 pub type JobId = u64;
 
 /// One message for a client connection's writer. The permit travels with a
@@ -20,7 +26,16 @@ pub struct Outgoing {
 }
 
 /// Where a job's parts and final answer go.
-pub struct Reply {
+pub enum Reply {
+    /// A socket client waits on its connection.
+    Conn(ConnReply),
+    /// Nobody waits on a connection (a detached or HTTP submit): the outcome
+    /// stays in the job table for whoever asks.
+    Detached,
+}
+
+/// A socket client's job: answers go to its connection's writer.
+pub struct ConnReply {
     /// The submitting connection's writer.
     pub tx: mpsc::UnboundedSender<Outgoing>,
     /// The client's tag.
@@ -35,40 +50,76 @@ impl Reply {
     /// Sends a part. A gone client is not an error: the job still runs to
     /// its end so its child is freed the normal way.
     pub fn part(&self, data: Bytes) {
-        let _ = self.tx.send(Outgoing {
-            msg: ToClient::Part {
-                tag: self.tag,
-                data,
-            },
-            permit: None,
-        });
+        if let Reply::Conn(c) = self {
+            let _ = c.tx.send(Outgoing {
+                msg: ToClient::Part { tag: c.tag, data },
+                permit: None,
+            });
+        }
     }
 
     /// Sends the response.
     pub fn completed(self, job: JobId, output: Bytes) {
-        let _ = self.tx.send(Outgoing {
-            msg: ToClient::Completed {
-                tag: self.tag,
-                job,
-                context: self.context,
-                output,
-            },
-            permit: self.permit,
-        });
+        if let Reply::Conn(c) = self {
+            let _ = c.tx.send(Outgoing {
+                msg: ToClient::Completed {
+                    tag: c.tag,
+                    job,
+                    context: c.context,
+                    output,
+                },
+                permit: c.permit,
+            });
+        }
     }
 
     /// Sends a failure.
     pub fn failed(self, job: JobId, reason: Reason, message: String) {
-        let _ = self.tx.send(Outgoing {
-            msg: ToClient::Failed {
-                tag: self.tag,
-                job,
-                reason,
-                message: taskmaster_proto::codec::clip_message(message),
-                context: self.context,
-            },
-            permit: self.permit,
-        });
+        if let Reply::Conn(c) = self {
+            let _ = c.tx.send(Outgoing {
+                msg: ToClient::Failed {
+                    tag: c.tag,
+                    job,
+                    reason,
+                    message: taskmaster_proto::codec::clip_message(message),
+                    context: c.context,
+                },
+                permit: c.permit,
+            });
+        }
+    }
+}
+
+/// Where the immediate answer to a detached submit goes: its id and status,
+/// or its refusal.
+pub enum Ack {
+    /// A socket client: a `Reply` frame with this tag.
+    Conn {
+        /// The connection's writer.
+        tx: mpsc::UnboundedSender<Outgoing>,
+        /// The submit's tag.
+        tag: u64,
+        /// The connection's in-flight slot, released with the answer.
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// An in-process caller (HTTP).
+    Local(oneshot::Sender<Answer>),
+}
+
+impl Ack {
+    /// Delivers the answer.
+    pub fn send(self, answer: Answer) {
+        match self {
+            Ack::Conn { tx, tag, permit } => {
+                let _ = tx.send(Outgoing {
+                    msg: answer.into_frame(tag),
+                    permit,
+                });
+            }
+            Ack::Local(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
     }
 }
 
@@ -78,11 +129,17 @@ pub struct Submission {
     pub module: String,
     /// Input bytes.
     pub input: Bytes,
-    /// Where answers go.
+    /// Detach, start later, time limit.
+    pub options: SubmitOptions,
+    /// Where answers go (`Detached` for a detached submit).
     pub reply: Reply,
+    /// For a detached submit: where its id (or refusal) goes at once.
+    pub ack: Option<Ack>,
+    /// Told the job's result when it finishes (HTTP's `wait=`).
+    pub waiter: Option<oneshot::Sender<Answer>>,
 }
 
-/// A job waiting in the queue.
+/// A job waiting in the queue (or held as `start-later`).
 pub struct Queued {
     /// Job id.
     pub id: JobId,
@@ -92,4 +149,125 @@ pub struct Queued {
     pub input: Bytes,
     /// Where answers go.
     pub reply: Reply,
+}
+
+/// A job operation, by id.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// What the table knows of it.
+    Status(JobId),
+    /// Its outcome now (completed, failed, or still pending).
+    Result(JobId),
+    /// Its outcome when it finishes (answers at once if it has).
+    Wait(JobId),
+    /// Puts a `start-later` job in the queue.
+    Start(JobId),
+    /// Cancels it.
+    Cancel(JobId),
+    /// Recent jobs, newest first.
+    List {
+        /// Most jobs.
+        limit: usize,
+        /// Only this status.
+        status: Option<JobStatus>,
+    },
+}
+
+/// The JSON body of an answer; each variant is one of the shapes of
+/// `taskmaster_proto::jobs`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    /// `{"id","status"}`.
+    Ref(JobRef),
+    /// A job's whole record.
+    View(JobView),
+    /// `{"jobs":[...]}`.
+    List(JobList),
+    /// `{"id","status","reason","message"}`.
+    Failure(FailureBody),
+    /// `{"error"}`.
+    Error(ErrorBody),
+}
+
+/// The answer to a job operation or a detached submit. The socket sends it
+/// as a `Reply` frame; HTTP maps the outcome (and a failure's reason) to a
+/// status code.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// How it went.
+    pub outcome: Outcome,
+    /// The JSON body.
+    pub body: Body,
+    /// A completed job's response (for result and wait).
+    pub output: Option<Bytes>,
+}
+
+impl Answer {
+    /// `Ok` with a body.
+    pub fn ok(body: Body) -> Answer {
+        Answer {
+            outcome: Outcome::Ok,
+            body,
+            output: None,
+        }
+    }
+
+    /// `NotFound` for a job id.
+    pub fn not_found(id: &str) -> Answer {
+        Answer {
+            outcome: Outcome::NotFound,
+            body: Body::Error(ErrorBody {
+                error: format!("no job {id} (unknown, evicted, or from another master run)"),
+            }),
+            output: None,
+        }
+    }
+
+    /// `Invalid` with a message.
+    pub fn invalid(error: String) -> Answer {
+        Answer {
+            outcome: Outcome::Invalid,
+            body: Body::Error(ErrorBody { error }),
+            output: None,
+        }
+    }
+
+    /// `Conflict`: the job is in another state.
+    pub fn conflict(id: String, status: JobStatus) -> Answer {
+        Answer {
+            outcome: Outcome::Conflict,
+            body: Body::Ref(JobRef { id, status }),
+            output: None,
+        }
+    }
+
+    /// `Failed` with a failure body.
+    pub fn failed(id: String, status: JobStatus, reason: Reason, message: String) -> Answer {
+        Answer {
+            outcome: Outcome::Failed,
+            body: Body::Failure(FailureBody {
+                id,
+                status,
+                reason,
+                message,
+            }),
+            output: None,
+        }
+    }
+
+    /// The JSON text of the body.
+    pub fn json(&self) -> String {
+        serde_json::to_string(&self.body).expect("answer bodies serialize")
+    }
+
+    /// The socket frame for this answer.
+    pub fn into_frame(self, tag: u64) -> ToClient {
+        ToClient::Reply {
+            tag,
+            outcome: self.outcome,
+            json: self.json(),
+            output: self.output.unwrap_or_default(),
+        }
+    }
 }

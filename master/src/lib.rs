@@ -11,19 +11,25 @@
 //! - [`session`]: one client connection (submits in, answers out, batched).
 //! - [`pool`]: the actor owning children, queue and counters.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
-//! - [`job`]: a job and where its answers go.
+//! - [`job`]: a job, where its answers go, answers to job operations.
+//! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
+//! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
 
 pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod job;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod table;
 
 #[cfg(test)]
 mod pool_tests;

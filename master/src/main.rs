@@ -44,6 +44,10 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(e),
     };
+    let http = match cli.serve.http.as_deref().map(config::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => return usage_error(format!("--http: {e}")),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -59,7 +63,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(taskmaster::server::run(cfg, listener)) {
+    match rt.block_on(taskmaster::server::run(cfg, listener, http)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "master failed");

@@ -4,22 +4,30 @@
 //! one slow client or child cannot stall dispatch for everyone else.
 //!
 //! A job is answered exactly once: by the child's `Done`/`Failed`, by the
-//! child's exit while it holds the job (`error`), or by a refusal at submit
-//! or from the queue (`overload`, `unknown-module`, `error`, `shutting-down`).
+//! child's exit while it holds the job (`error`), by a refusal at submit
+//! or from the queue (`overload`, `unknown-module`, `error`, `shutting-down`),
+//! by its time limit (`timeout`) or by a cancel (`cancelled`). Every answer
+//! goes through [`Pool::finish`], which also records it in the job table
+//! and the metrics.
 
 use crate::child::{ChildConn, ChildCtl, ExitInfo};
 use crate::config::Config;
-use crate::job::{JobId, Queued, Reply, Submission};
+use crate::job::{Answer, Body, JobId, Op, Queued, Reply, Submission};
+use crate::metrics::Metrics;
+use crate::table::{End, JobTable, Limits};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::handshake::secrets_match;
+use taskmaster_proto::jobs::{parse_id, JobStatus};
 use taskmaster_proto::messages::HandlerHello;
 use taskmaster_proto::stats::{ChildStats, JobStats, PoolStats, QueueStats};
 use taskmaster_proto::{Reason, Stats, SECRET_LEN};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, warn};
 
 /// The master's id for a child (not its pid, which the OS may reuse).
@@ -96,6 +104,15 @@ pub enum PoolCmd {
     Submit(Submission),
     /// Current figures.
     Stats(oneshot::Sender<Stats>),
+    /// A job operation.
+    Op {
+        /// Which.
+        op: Op,
+        /// Where the answer goes.
+        tx: oneshot::Sender<Answer>,
+    },
+    /// Whether the pool is ready (`/healthz`).
+    Health(oneshot::Sender<Health>),
     /// A connection said hello as a handler; the pool checks it.
     HandlerHello {
         /// The hello.
@@ -118,10 +135,24 @@ pub enum PoolCmd {
     GraceExpired,
 }
 
+/// The pool's state as `/healthz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Fewer than `pool-start` children have been ready yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// No child can be started; the text says why.
+    Broken(String),
+    /// Shutting down.
+    ShuttingDown,
+}
+
 /// A cloneable way to reach the pool actor.
 #[derive(Clone)]
 pub struct PoolHandle {
     tx: mpsc::UnboundedSender<PoolCmd>,
+    instance: Arc<str>,
 }
 
 impl PoolHandle {
@@ -140,6 +171,51 @@ impl PoolHandle {
         self.send(PoolCmd::Stats(tx));
         rx.await.ok()
     }
+    /// This master run's job-id prefix.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The job number in a job id, or the answer for a bad or foreign id.
+    pub fn parse_id(&self, id: &str) -> Result<JobId, Answer> {
+        match parse_id(id) {
+            Err(e) => Err(Answer::invalid(e.to_string())),
+            Ok((instance, job)) if instance == &*self.instance => Ok(job),
+            Ok(_) => Err(Answer::not_found(id)),
+        }
+    }
+
+    /// Runs a job operation; `None` if the pool has stopped.
+    pub async fn op(&self, op: Op) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Op { op, tx });
+        rx.await.ok()
+    }
+
+    /// A job's result, waiting up to `wait` for it to end: the response,
+    /// the failure, or (still running) a conflict with its status now.
+    pub async fn result(&self, job: JobId, wait: Duration) -> Option<Answer> {
+        if wait.is_zero() {
+            return self.op(Op::Result(job)).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Op {
+            op: Op::Wait(job),
+            tx,
+        });
+        match tokio::time::timeout(wait, rx).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => self.op(Op::Result(job)).await,
+        }
+    }
+
+    /// Whether the pool is ready.
+    pub async fn health(&self) -> Option<Health> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Health(tx));
+        rx.await.ok()
+    }
+
     /// Begins (or, the second time, hurries) shutdown.
     pub fn shutdown(&self) {
         self.send(PoolCmd::Shutdown);
@@ -180,7 +256,9 @@ struct Slot {
 /// A job sent to a child.
 struct Held {
     id: JobId,
-    reply: Reply,
+    /// `None` once answered early (cancelled or timed out while the child
+    /// still holds it): whatever the child says of it later is dropped.
+    reply: Option<Reply>,
     /// Module and input of a job sent behind a running one, kept to re-queue
     /// it if the child never starts it (`None` for a job sent to a free
     /// child: it starts at once).
@@ -193,6 +271,7 @@ struct Counters {
     completed: u64,
     failed: u64,
     overload: u64,
+    cancelled: u64,
     by_reason: BTreeMap<Reason, u64>,
     spawned: u64,
     exited: u64,
@@ -215,6 +294,10 @@ struct Pool {
     prefetched: usize,
     next_child: ChildId,
     next_job: JobId,
+    table: JobTable,
+    metrics: Arc<Metrics>,
+    /// Time limits of running jobs.
+    timers: DelayQueue<JobId>,
     /// Module names the children run (all run the same handler program).
     modules: HashSet<String>,
     counters: Counters,
@@ -230,11 +313,25 @@ struct Pool {
 }
 
 /// Starts the pool actor; it spawns `pool-start` children at once. The
-/// receiver fires when a shutdown has stopped every child.
-pub fn start(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> (PoolHandle, oneshot::Receiver<()>) {
+/// receiver fires when a shutdown has stopped every child. Job ids are
+/// `{instance}-{n}`.
+pub fn start(
+    cfg: Arc<Config>,
+    launcher: Arc<dyn Launcher>,
+    metrics: Arc<Metrics>,
+    instance: Arc<str>,
+) -> (PoolHandle, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
-    let handle = PoolHandle { tx };
+    let handle = PoolHandle {
+        tx,
+        instance: instance.clone(),
+    };
+    let limits = Limits {
+        keep: cfg.keep_results,
+        ttl: cfg.result_ttl,
+        bytes: cfg.keep_results_bytes,
+    };
     let mut pool = Pool {
         cfg,
         launcher,
@@ -247,6 +344,9 @@ pub fn start(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> (PoolHandle, ones
         prefetched: 0,
         next_child: 1,
         next_job: 1,
+        table: JobTable::new(instance, limits),
+        metrics,
+        timers: DelayQueue::new(),
         modules: HashSet::new(),
         counters: Counters::default(),
         started_at: Instant::now(),
@@ -267,11 +367,25 @@ pub fn start(cfg: Arc<Config>, launcher: Arc<dyn Launcher>) -> (PoolHandle, ones
 
 impl Pool {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<PoolCmd>) {
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.job_timed_out(expired.into_inner());
+                    continue;
+                }
+            };
             match cmd {
                 PoolCmd::Submit(s) => self.submit(s),
                 PoolCmd::Stats(tx) => {
                     let _ = tx.send(self.stats());
+                }
+                PoolCmd::Op { op, tx } => self.op(op, tx),
+                PoolCmd::Health(tx) => {
+                    let _ = tx.send(self.health());
                 }
                 PoolCmd::HandlerHello { hello, conn } => self.handler_hello(hello, conn),
                 PoolCmd::Child { id, event } => self.child_event(id, event),
@@ -291,67 +405,164 @@ impl Pool {
         }
     }
 
-    fn refuse(&mut self, reply: Reply, job: JobId, reason: Reason, message: String) {
-        debug!(job, %reason, detail = %message, "job failed");
-        self.counters.failed += 1;
-        *self.counters.by_reason.entry(reason).or_default() += 1;
-        if reason == Reason::Overload {
-            self.counters.overload += 1;
+    /// Answers a job once: counts it, records it in the job table (waking
+    /// its waiters, disarming its time limit) and tells its submitter.
+    fn finish(&mut self, job: JobId, reply: Option<Reply>, end: End) {
+        match &end {
+            End::Completed(_) => {
+                debug!(job, "job completed");
+                self.counters.completed += 1;
+                self.metrics.completed.inc();
+            }
+            End::Failed(reason, message) => {
+                debug!(job, %reason, detail = %message, "job failed");
+                *self.counters.by_reason.entry(*reason).or_default() += 1;
+                match reason {
+                    Reason::Cancelled => self.counters.cancelled += 1,
+                    Reason::Overload => {
+                        self.counters.overload += 1;
+                        self.counters.failed += 1;
+                    }
+                    _ => self.counters.failed += 1,
+                }
+                self.metrics.failure(*reason);
+            }
         }
-        reply.failed(job, reason, message);
+        let answer = reply.map(|reply| (reply, end.clone()));
+        if let Some(ended) = self.table.finish(job, end) {
+            if let Some(key) = ended.timer {
+                self.timers.try_remove(&key);
+            }
+            if let Some(waited) = ended.waited {
+                self.metrics.queue_wait.observe(waited.as_secs_f64());
+            }
+            if let Some(ran) = ended.ran {
+                self.metrics.run_time.observe(ran.as_secs_f64());
+            }
+        }
+        match answer {
+            Some((reply, End::Completed(output))) => reply.completed(job, output),
+            Some((reply, End::Failed(reason, message))) => reply.failed(job, reason, message),
+            None => {}
+        }
+    }
+
+    fn refuse(&mut self, reply: Reply, job: JobId, reason: Reason, message: String) {
+        self.finish(job, Some(reply), End::Failed(reason, message));
+    }
+
+    /// Why a job could not join the queue now, if it cannot.
+    fn admission(&self, module: &str) -> Result<(), (Reason, String)> {
+        if self.shutting_down {
+            return Err((Reason::ShuttingDown, "the master is shutting down".into()));
+        }
+        if let Some(cause) = &self.broken {
+            return Err((Reason::Error, format!("no child can be started: {cause}")));
+        }
+        if !self.modules.is_empty() && !self.modules.contains(module) {
+            return Err((Reason::UnknownModule, format!("no child runs module {module:?}")));
+        }
+        if self.idle.is_empty() {
+            // Each child still starting (or about to be spawned for this
+            // job) will take one queued job when ready, so it adds room for
+            // waiting.
+            let will_grow =
+                self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
+            let waiting = self.queue.len() + self.prefetched;
+            if waiting >= self.cfg.job_max + self.starting + usize::from(will_grow) {
+                return Err((
+                    Reason::Overload,
+                    format!(
+                        "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
+                        self.children.len(),
+                        self.busy,
+                        self.starting,
+                        self.backlog(),
+                        self.cfg.job_max
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn submit(&mut self, s: Submission) {
         self.counters.submitted += 1;
-        if self.shutting_down {
-            let msg = "the master is shutting down".to_owned();
-            return self.refuse(s.reply, 0, Reason::ShuttingDown, msg);
+        self.metrics.submitted.inc();
+        let id = self.next_job;
+        self.next_job += 1;
+        let Submission {
+            module,
+            input,
+            options,
+            reply,
+            ack,
+            waiter,
+        } = s;
+        let mut admitted = self.admission(&module);
+        if options.start_later && admitted.is_ok() && self.table.start_later() >= self.cfg.keep_results {
+            // Held jobs are bounded like kept results, or a client could
+            // fill memory with jobs that never run.
+            let msg = format!(
+                "{} start-later jobs held (the --keep-results limit)",
+                self.table.start_later()
+            );
+            admitted = Err((Reason::Overload, msg));
         }
-        if let Some(cause) = &self.broken {
-            let msg = format!("no child can be started: {cause}");
-            return self.refuse(s.reply, 0, Reason::Error, msg);
+        if let Err((reason, message)) = admitted {
+            if let Some(ack) = ack {
+                let answer = Answer::failed(self.table.id(id), JobStatus::Failed, reason, message.clone());
+                ack.send(answer);
+            }
+            if let Some(w) = waiter {
+                drop(w);
+            }
+            return self.refuse(reply, id, reason, message);
         }
-        if !self.modules.is_empty() && !self.modules.contains(&s.module) {
-            let msg = format!("no child runs module {:?}", s.module);
-            return self.refuse(s.reply, 0, Reason::UnknownModule, msg);
+        let timeout = match options.timeout_ms {
+            None => self.cfg.job_timeout,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
+        let status = if options.start_later {
+            JobStatus::StartLater
+        } else {
+            JobStatus::Queued
+        };
+        self.table.insert(id, module.clone(), status, timeout);
+        if let Some(w) = waiter {
+            self.table.add_waiter(id, w);
         }
+        let job = Queued {
+            id,
+            module,
+            input,
+            reply,
+        };
+        if options.start_later {
+            debug!(job = id, module = %job.module, "job held to start later");
+            if let Some(r) = self.table.get_mut(id) {
+                r.parked = Some(job);
+            }
+        } else {
+            self.enqueue(job);
+        }
+        if let Some(ack) = ack {
+            let job_ref = self.table.job_ref(id).expect("just recorded");
+            ack.send(Answer::ok(Body::Ref(job_ref)));
+        }
+    }
+
+    /// An admitted job goes to a free child, or to the queue (growing the
+    /// pool if it may).
+    fn enqueue(&mut self, job: Queued) {
         if let Some(child) = self.idle.pop_front() {
-            let job = self.accept(s);
             return self.start_job(child, job);
         }
-        // Each child still starting (or about to be spawned for this job)
-        // will take one queued job when ready, so it adds room for waiting.
-        let will_grow =
-            self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
-        let waiting = self.queue.len() + self.prefetched;
-        if waiting >= self.cfg.job_max + self.starting + usize::from(will_grow) {
-            let msg = format!(
-                "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
-                self.children.len(),
-                self.busy,
-                self.starting,
-                self.backlog(),
-                self.cfg.job_max
-            );
-            return self.refuse(s.reply, 0, Reason::Overload, msg);
-        }
-        let job = self.accept(s);
         debug!(job = job.id, module = %job.module, "job queued");
         self.queue.push_back(job);
         self.replenish();
         self.prefetch();
-    }
-
-    /// Gives an accepted submission its job id.
-    fn accept(&mut self, s: Submission) -> Queued {
-        let id = self.next_job;
-        self.next_job += 1;
-        Queued {
-            id,
-            module: s.module,
-            input: s.input,
-            reply: s.reply,
-        }
     }
 
     /// Sends a job to a ready child (idle, or busy with room to prefetch).
@@ -371,7 +582,8 @@ impl Pool {
         };
         match slot.ctl.send(ctl) {
             Ok(()) => {
-                if slot.jobs.is_empty() {
+                let runs_now = slot.jobs.is_empty();
+                if runs_now {
                     slot.state = State::Busy;
                     self.busy += 1;
                 } else {
@@ -379,9 +591,12 @@ impl Pool {
                 }
                 slot.jobs.push_back(Held {
                     id: job.id,
-                    reply: job.reply,
+                    reply: Some(job.reply),
                     resend,
                 });
+                if runs_now {
+                    self.job_started(job.id, child);
+                }
             }
             Err(mpsc::error::SendError(ChildCtl::Job {
                 job: id,
@@ -447,18 +662,30 @@ impl Pool {
     /// their order (or fails them `shutting-down` when stopping).
     fn requeue(&mut self, jobs: VecDeque<Held>) {
         for held in jobs.into_iter().rev() {
+            // Already answered (cancelled while it waited in the child).
+            let Some(reply) = held.reply else { continue };
             match held.resend {
                 Some(_) if self.shutting_down => {
                     let msg = "the master is shutting down".to_owned();
-                    self.refuse(held.reply, held.id, Reason::ShuttingDown, msg);
+                    self.refuse(reply, held.id, Reason::ShuttingDown, msg);
                 }
                 Some((module, input)) => self.queue.push_front(Queued {
                     id: held.id,
                     module,
                     input,
-                    reply: held.reply,
+                    reply,
                 }),
                 None => unreachable!("only the first job of a window lacks resend data"),
+            }
+        }
+    }
+
+    /// A job began to run on `child`: its status and its time limit.
+    fn job_started(&mut self, job: JobId, child: ChildId) {
+        if let Some(limit) = self.table.started(job, child) {
+            let key = self.timers.insert(job, limit);
+            if let Some(r) = self.table.get_mut(job) {
+                r.timer = Some(key);
             }
         }
     }
@@ -498,6 +725,7 @@ impl Pool {
         );
         self.starting += 1;
         self.counters.spawned += 1;
+        self.metrics.spawned.inc();
         self.launcher
             .launch(id, secret, ctl_rx, self.handle.clone());
     }
@@ -593,8 +821,11 @@ impl Pool {
             }
             ChildEvent::Ready { modules } => self.child_ready(id, modules),
             ChildEvent::Part { job, data } => {
-                if let Some(held) = self.held_job(id, job) {
-                    held.reply.part(data);
+                if let Some(Held {
+                    reply: Some(reply), ..
+                }) = self.held_job(id, job)
+                {
+                    reply.part(data);
                 }
             }
             ChildEvent::Done {
@@ -603,9 +834,9 @@ impl Pool {
                 retire,
             } => {
                 if let Some((job, reply)) = self.take_job(id, job) {
-                    self.counters.completed += 1;
-                    debug!(job, "job completed");
-                    reply.completed(job, output);
+                    if reply.is_some() {
+                        self.finish(job, reply, End::Completed(output));
+                    }
                     self.after_job(id, retire);
                 }
             }
@@ -623,7 +854,9 @@ impl Pool {
                         Reason::Failed | Reason::UnknownModule => (reason, message),
                         other => (Reason::Failed, format!("child reported {other}: {message}")),
                     };
-                    self.refuse(reply, job, reason, message);
+                    if reply.is_some() {
+                        self.finish(job, reply, End::Failed(reason, message));
+                    }
                     self.after_job(id, retire);
                 }
             }
@@ -705,15 +938,20 @@ impl Pool {
         (self.queue.len() + self.prefetched).saturating_sub(self.starting)
     }
 
-    fn take_job(&mut self, id: ChildId, job: JobId) -> Option<(JobId, Reply)> {
+    fn take_job(&mut self, id: ChildId, job: JobId) -> Option<(JobId, Option<Reply>)> {
         self.held_job(id, job)?;
         let slot = self.children.get_mut(&id)?;
         let held = slot.jobs.pop_front()?;
-        if slot.jobs.is_empty() {
-            self.busy -= 1;
-        } else {
-            // The next prefetched job is running now.
-            self.prefetched -= 1;
+        let next = slot.jobs.front().map(|h| h.id);
+        match next {
+            None => self.busy -= 1,
+            Some(next) => {
+                // The next prefetched job is running now.
+                self.prefetched -= 1;
+                if slot.state != State::Stopping {
+                    self.job_started(next, id);
+                }
+            }
         }
         Some((held.id, held.reply))
     }
@@ -722,6 +960,10 @@ impl Pool {
         let Some(slot) = self.children.get_mut(&id) else {
             return;
         };
+        if slot.state == State::Stopping {
+            // Being killed (its job was cancelled or timed out) or retired.
+            return;
+        }
         if retire {
             info!(pid = slot.pid, child = id, "child retiring");
             let _ = slot.ctl.send(ChildCtl::Stop);
@@ -746,6 +988,7 @@ impl Pool {
             return;
         };
         self.counters.exited += 1;
+        self.metrics.exited.inc();
         match slot.state {
             State::Starting => self.starting -= 1,
             State::Idle => self.idle.retain(|&c| c != id),
@@ -762,10 +1005,14 @@ impl Pool {
             None => info.describe(),
         };
         if let Some(running) = jobs.pop_front() {
-            warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
-            let msg = format!("child {pid} {how} while running the job");
-            self.refuse(running.reply, running.id, Reason::Error, msg);
+            if let Some(reply) = running.reply {
+                warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");
+                let msg = format!("child {pid} {how} while running the job");
+                self.refuse(reply, running.id, Reason::Error, msg);
+            } else {
+                info!(pid = slot.pid, job = running.id, %how, "child killed for its job exited");
+            }
             // Jobs behind it never started: they run elsewhere.
             self.requeue(jobs);
             // A ready child lost mid-job is replaced at once, with no back-off:
@@ -785,6 +1032,7 @@ impl Pool {
 
     fn startup_failure(&mut self, pid: Option<u32>, how: String) {
         self.counters.startup_failures += 1;
+        self.metrics.startup_failures.inc();
         self.failures_in_a_row += 1;
         let cause = format!(
             "handler {} {how} before it was ready",
@@ -829,6 +1077,10 @@ impl Pool {
             let msg = "the master is shutting down".to_owned();
             self.refuse(job.reply, job.id, Reason::ShuttingDown, msg);
         }
+        for job in self.table.take_parked() {
+            let msg = "the master is shutting down".to_owned();
+            self.refuse(job.reply, job.id, Reason::ShuttingDown, msg);
+        }
         let not_busy: Vec<ChildId> = self
             .children
             .iter()
@@ -858,6 +1110,153 @@ impl Pool {
         }
     }
 
+    fn health(&self) -> Health {
+        if self.shutting_down {
+            Health::ShuttingDown
+        } else if let Some(cause) = &self.broken {
+            Health::Broken(cause.clone())
+        } else if self.ready_logged {
+            Health::Ready
+        } else {
+            Health::Starting
+        }
+    }
+
+    fn op(&mut self, op: Op, tx: oneshot::Sender<Answer>) {
+        // Expired outcomes must not be served even when nothing has ended
+        // for a while (eviction otherwise runs as jobs end).
+        self.table.evict();
+        let answer = match op {
+            Op::Status(job) => match self.table.view(job) {
+                Some(view) => Answer::ok(Body::View(view)),
+                None => Answer::not_found(&self.table.id(job)),
+            },
+            Op::Result(job) => self.table.result(job),
+            Op::Wait(job) => return self.table.add_waiter(job, tx),
+            Op::Start(job) => self.start_held(job),
+            Op::Cancel(job) => self.cancel(job),
+            Op::List { limit, status } => Answer::ok(Body::List(self.table.list(limit, status))),
+        };
+        let _ = tx.send(answer);
+    }
+
+    /// `start`: a `start-later` job joins the queue. If it cannot (queue
+    /// full, shutting down) it stays held and the answer says why.
+    fn start_held(&mut self, job: JobId) -> Answer {
+        let id = self.table.id(job);
+        let Some(record) = self.table.get(job) else {
+            return Answer::not_found(&id);
+        };
+        if record.status() != JobStatus::StartLater {
+            return Answer::conflict(id, record.status());
+        }
+        let module = record.parked.as_ref().map(|q| q.module.clone()).unwrap_or_default();
+        if let Err((reason, message)) = self.admission(&module) {
+            return Answer::failed(id, JobStatus::StartLater, reason, message);
+        }
+        let Some(queued) = self.table.get_mut(job).and_then(|r| r.parked.take()) else {
+            return Answer::conflict(id, JobStatus::StartLater);
+        };
+        self.table.set_queued(job);
+        info!(job, module = %queued.module, "start-later job started");
+        self.enqueue(queued);
+        Answer::ok(Body::Ref(taskmaster_proto::jobs::JobRef {
+            id,
+            status: JobStatus::Queued,
+        }))
+    }
+
+    /// `cancel`: a held or queued job is removed; a running one's child is
+    /// killed (and replaced). Its submitter, if waiting, is told
+    /// `cancelled`.
+    fn cancel(&mut self, job: JobId) -> Answer {
+        let id = self.table.id(job);
+        let Some(record) = self.table.get(job) else {
+            return Answer::not_found(&id);
+        };
+        let status = record.status();
+        if status.is_finished() {
+            return Answer::conflict(id, status);
+        }
+        let child = record.child;
+        match status {
+            JobStatus::StartLater => {
+                let parked = self.table.get_mut(job).and_then(|r| r.parked.take());
+                let reply = parked.map(|q| q.reply);
+                self.finish(job, reply, End::Failed(Reason::Cancelled, "cancelled before it was started".into()));
+            }
+            JobStatus::Processing => {
+                let child = child.expect("a processing job has a child");
+                self.end_running(child, job, Reason::Cancelled, "cancelled while processing".into());
+            }
+            _ => {
+                if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
+                    let queued = self.queue.remove(pos).expect("position is in range");
+                    self.finish(job, Some(queued.reply), End::Failed(Reason::Cancelled, "cancelled while queued".into()));
+                } else if let Some(reply) = self.take_prefetched(job) {
+                    // Already written to a busy child's socket: it cannot be
+                    // taken back, so the child will run it and its answer is
+                    // dropped.
+                    let msg = "cancelled while queued (the child it was sent to may still run it; its answer is dropped)";
+                    self.finish(job, Some(reply), End::Failed(Reason::Cancelled, msg.into()));
+                } else {
+                    warn!(job, "job to cancel not found in the queue or a child");
+                    return Answer::conflict(id, status);
+                }
+            }
+        }
+        info!(job, was = %status, "job cancelled");
+        Answer::ok(Body::Ref(taskmaster_proto::jobs::JobRef {
+            id,
+            status: JobStatus::Cancelled,
+        }))
+    }
+
+    /// The reply of a job waiting in a busy child's window, which no longer
+    /// answers to it.
+    fn take_prefetched(&mut self, job: JobId) -> Option<Reply> {
+        self.children
+            .values_mut()
+            .flat_map(|slot| slot.jobs.iter_mut().skip(1))
+            .find(|held| held.id == job)
+            .and_then(|held| held.reply.take())
+    }
+
+    /// Ends the job running on `child` now with `reason`, and kills the
+    /// child: its state is unknown mid-job, so it is never reused.
+    fn end_running(&mut self, child: ChildId, job: JobId, reason: Reason, message: String) {
+        let Some(slot) = self.children.get_mut(&child) else {
+            return;
+        };
+        let Some(held) = slot.jobs.front_mut().filter(|h| h.id == job) else {
+            return;
+        };
+        let Some(reply) = held.reply.take() else {
+            return;
+        };
+        let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
+        slot.kill_cause = Some(format!("killed: job {job} {reason}"));
+        let _ = slot.ctl.send(ChildCtl::Kill);
+        self.set_state(child, State::Stopping);
+        warn!(pid = %pid, job, %reason, "killing child for its job");
+        self.finish(job, Some(reply), End::Failed(reason, format!("{message}; child {pid} killed")));
+    }
+
+    fn job_timed_out(&mut self, job: JobId) {
+        let Some(record) = self.table.get_mut(job) else {
+            return;
+        };
+        record.timer = None;
+        let (Some(child), Some(limit)) = (record.child, record.timeout) else {
+            return;
+        };
+        if record.status() != JobStatus::Processing {
+            return;
+        }
+        let message = format!("ran past its time limit of {}s", limit.as_secs_f64());
+        self.end_running(child, job, Reason::Timeout, message);
+    }
+
     fn stats(&self) -> Stats {
         Stats {
             pool: PoolStats {
@@ -877,6 +1276,9 @@ impl Pool {
                 completed: self.counters.completed,
                 failed: self.counters.failed,
                 overload: self.counters.overload,
+                cancelled: self.counters.cancelled,
+                start_later: self.table.start_later(),
+                kept: self.table.kept(),
                 failed_by_reason: self
                     .counters
                     .by_reason

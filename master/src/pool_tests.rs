@@ -5,7 +5,7 @@
 
 use crate::child::{ChildCtl, ExitInfo};
 use crate::config::Config;
-use crate::job::{Outgoing, Reply, Submission};
+use crate::job::{ConnReply, Outgoing, Reply, Submission};
 use crate::pool::{self, ChildEvent, ChildId, Launcher, PoolHandle};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -126,9 +126,18 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
         prefetch,
+        job_timeout: None,
+        keep_results: 100,
+        result_ttl: Duration::from_secs(3600),
+        keep_results_bytes: 1 << 20,
     };
     let fake = Arc::new(Fake::default());
-    let (pool, done) = pool::start(Arc::new(cfg), Arc::new(FakeLauncher(fake.clone())));
+    let (pool, done) = pool::start(
+        Arc::new(cfg),
+        Arc::new(FakeLauncher(fake.clone())),
+        Arc::new(crate::metrics::Metrics::new()),
+        "0123456789ab".into(),
+    );
     let (tx, rx) = mpsc::unbounded_channel();
     Harness {
         pool,
@@ -149,12 +158,15 @@ impl Harness {
         self.pool.submit(Submission {
             module: module.into(),
             input: Bytes::from(input.to_owned()),
-            reply: Reply {
+            options: Default::default(),
+            reply: Reply::Conn(ConnReply {
                 tx: self.tx.clone(),
                 tag: self.next_tag,
                 context: Bytes::new(),
                 permit: None,
-            },
+            }),
+            ack: None,
+            waiter: None,
         });
         self.next_tag
     }

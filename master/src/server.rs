@@ -1,18 +1,41 @@
-//! Wires a running master together: listener, pool, signals; returns when a
-//! shutdown has stopped every child.
+//! Wires a running master together: listener, HTTP API, pool, metrics,
+//! signals; returns when a shutdown has stopped every child.
 
 use crate::child::ProcessLauncher;
 use crate::config::{self, Config};
 use crate::listener::{self, ListenerConfig};
+use crate::metrics::Metrics;
 use crate::pool;
 use std::sync::Arc;
 use tracing::info;
 
-/// Runs the master on an already-bound listener until it is stopped.
-pub async fn run(cfg: Config, listener: std::net::TcpListener) -> std::io::Result<()> {
+/// A fresh job-id prefix for this master run: 48 random bits, so ids do
+/// not repeat across restarts.
+pub fn fresh_instance() -> String {
+    let random = crate::child::fresh_secret();
+    random[..taskmaster_proto::jobs::INSTANCE_LEN / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs the master on already-bound listeners until it is stopped.
+pub async fn run(
+    cfg: Config,
+    listener: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
     info!(addr = %local, "listening");
+    let http = match http {
+        Some(l) => {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            info!(addr = %l.local_addr()?, "HTTP API listening");
+            Some(l)
+        }
+        None => None,
+    };
     let launcher = ProcessLauncher {
         handler: cfg.handler.clone(),
         connect: config::connect_back(local),
@@ -21,7 +44,18 @@ pub async fn run(cfg: Config, listener: std::net::TcpListener) -> std::io::Resul
     let listener_cfg = Arc::new(ListenerConfig {
         max_payload: cfg.max_payload,
     });
-    let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher));
+    let metrics = Arc::new(Metrics::new());
+    let instance: Arc<str> = fresh_instance().into();
+    let max_payload = cfg.max_payload;
+    let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);
+    if let Some(http) = http {
+        let app = crate::http::router(pool.clone(), metrics, max_payload);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
     let signals = crate::signals::forward(pool.clone());
     tokio::spawn(listener::accept_loop(listener, pool.clone(), listener_cfg));
     tokio::select! {

@@ -3,20 +3,25 @@
 //! client that submits without reading answers is simply not read from
 //! (backpressure), instead of making the master buffer without bound.
 
-use crate::job::{Outgoing, Reply, Submission};
+use crate::job::{Ack, Answer, ConnReply, Op, Outgoing, Reply, Submission};
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use taskmaster_proto::codec::{self, FrameReader};
+use std::time::Duration;
 use taskmaster_proto::messages::{ClientHello, ToClient, ToMaster, PROTOCOL_VERSION};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
-/// Jobs one connection may have in flight before the master stops reading
-/// from it.
+/// Jobs (and job operations) one connection may have in flight before the
+/// master stops reading from it.
 pub const MAX_IN_FLIGHT: usize = 16 * 1024;
+/// Longest `wait` a `Result` request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Most jobs one `Jobs` request lists.
+pub const MAX_LIST: usize = 10_000;
 
 /// Serves one client until it closes; in-flight jobs still get answered
 /// after a half-close.
@@ -53,6 +58,7 @@ pub async fn serve(
     say(ToClient::Welcome {
         version: PROTOCOL_VERSION,
         max_payload: max_payload as u64,
+        instance: pool.instance().to_owned(),
     });
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -61,6 +67,7 @@ pub async fn serve(
                 tag,
                 module,
                 context,
+                options,
                 input,
             })) => {
                 // The client knows both limits (Welcome, codec::MAX_CONTEXT):
@@ -74,15 +81,55 @@ pub async fn serve(
                     .acquire_owned()
                     .await
                     .expect("semaphore never closed");
-                pool.submit(Submission {
-                    module,
-                    input,
-                    reply: Reply {
+                let detach = options.detach || options.start_later;
+                let (reply, ack) = if detach {
+                    let ack = Ack::Conn {
+                        tx: tx.clone(),
+                        tag,
+                        permit: Some(permit),
+                    };
+                    (Reply::Detached, Some(ack))
+                } else {
+                    let reply = Reply::Conn(ConnReply {
                         tx: tx.clone(),
                         tag,
                         context,
                         permit: Some(permit),
-                    },
+                    });
+                    (reply, None)
+                };
+                pool.submit(Submission {
+                    module,
+                    input,
+                    options,
+                    reply,
+                    ack,
+                    waiter: None,
+                });
+            }
+            Ok(Some(
+                msg @ (ToMaster::Status { .. }
+                | ToMaster::Result { .. }
+                | ToMaster::Start { .. }
+                | ToMaster::Cancel { .. }
+                | ToMaster::Jobs { .. }),
+            )) => {
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
+                let (pool, tx) = (pool.clone(), tx.clone());
+                // Its own task: a `Result` may wait long, and the connection
+                // keeps serving its other jobs meanwhile.
+                tokio::spawn(async move {
+                    let (tag, answer) = job_op(&pool, msg).await;
+                    if let Some(answer) = answer {
+                        let _ = tx.send(Outgoing {
+                            msg: answer.into_frame(tag),
+                            permit: Some(permit),
+                        });
+                    }
                 });
             }
             Ok(Some(ToMaster::Stats { tag })) => {
@@ -101,5 +148,45 @@ pub async fn serve(
                 break;
             }
         }
+    }
+}
+
+/// Runs one job operation from the socket; the answer is `None` if the pool
+/// has stopped.
+async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
+    let by_id = |tag: u64, id: &str, op: fn(u64) -> Op| match pool.parse_id(id) {
+        Ok(job) => (tag, Ok(op(job))),
+        Err(answer) => (tag, Err(answer)),
+    };
+    let (tag, op) = match msg {
+        ToMaster::Status { tag, id } => by_id(tag, &id, Op::Status),
+        ToMaster::Start { tag, id } => by_id(tag, &id, Op::Start),
+        ToMaster::Cancel { tag, id } => by_id(tag, &id, Op::Cancel),
+        ToMaster::Result { tag, id, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms);
+            if wait > MAX_WAIT {
+                let msg = format!("wait of {wait_ms} ms is over the limit of {} s", MAX_WAIT.as_secs());
+                return (tag, Some(Answer::invalid(msg)));
+            }
+            return match pool.parse_id(&id) {
+                Ok(job) => (tag, pool.result(job, wait).await),
+                Err(answer) => (tag, Some(answer)),
+            };
+        }
+        ToMaster::Jobs { tag, limit, status } => {
+            let status = match status.as_str() {
+                "" => Ok(None),
+                word => word.parse().map(Some).map_err(|e: taskmaster_proto::jobs::UnknownStatus| Answer::invalid(e.to_string())),
+            };
+            let limit = (limit as usize).min(MAX_LIST);
+            (tag, status.map(|status| Op::List { limit, status }))
+        }
+        ToMaster::Submit { tag, .. } | ToMaster::Stats { tag } => {
+            (tag, Err(Answer::invalid("not a job operation".into())))
+        }
+    };
+    match op {
+        Ok(op) => (tag, pool.op(op).await),
+        Err(answer) => (tag, Some(answer)),
     }
 }

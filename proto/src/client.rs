@@ -8,6 +8,9 @@
 //! [`ClientError::Disconnected`].
 
 use crate::codec::{self, CodecError};
+use crate::jobs::{
+    format_id, ErrorBody, FailureBody, JobList, JobRef, JobStatus, JobView, Outcome, SubmitOptions,
+};
 use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
 use crate::reason::Reason;
 use crate::stats::Stats;
@@ -28,8 +31,10 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 /// A job that ended without a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFailure {
-    /// The master's job id (0 if refused before one was given).
+    /// The master's job number (the wire's `job`).
     pub job: u64,
+    /// The job id (`{instance}-{job}`).
+    pub id: String,
     /// The reason word.
     pub reason: Reason,
     /// Detail text.
@@ -47,8 +52,10 @@ impl fmt::Display for JobFailure {
 /// A job's response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completed {
-    /// The master's job id.
+    /// The master's job number (the wire's `job`).
     pub job: u64,
+    /// The job id (`{instance}-{job}`).
+    pub id: String,
     /// The module's response bytes.
     pub output: Bytes,
     /// The submit's context, unchanged.
@@ -95,15 +102,88 @@ pub enum ClientError {
         /// The master's payload limit.
         max: usize,
     },
-    /// A typed answer could not be decoded.
-    #[error("bad stats JSON: {0}")]
+    /// A JSON answer could not be decoded.
+    #[error("bad JSON from master: {0}")]
     Json(#[from] serde_json::Error),
+    /// No such job (never was, evicted, or from another master run).
+    #[error("{0}")]
+    NotFound(String),
+    /// The job is not in a state that allows the operation.
+    #[error("job {} is {}", .0.id, .0.status)]
+    Conflict(JobRef),
+    /// The master found the request malformed (a bad job id, say).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A job operation's raw answer: what the master's
+/// [`ToClient::Reply`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// How it went.
+    pub outcome: Outcome,
+    /// The JSON body (as the HTTP API gives it).
+    pub json: String,
+    /// A completed job's response, for `result`.
+    pub output: Bytes,
+}
+
+/// What `result` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    /// The job completed with this response.
+    Completed(Bytes),
+    /// It failed or was cancelled.
+    Failed(FailureBody),
+    /// It has not finished (yet).
+    Pending(JobRef),
+}
+
+impl Reply {
+    fn body<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        Ok(serde_json::from_str(&self.json)?)
+    }
+
+    /// The `Ok` JSON as `T`; any other outcome as an error.
+    fn into_ok<T: DeserializeOwned>(self) -> Result<T, ClientError> {
+        match self.outcome {
+            Outcome::Ok => self.body(),
+            _ => Err(self.into_err()),
+        }
+    }
+
+    /// A non-`Ok` outcome as an error.
+    fn into_err(self) -> ClientError {
+        let decoded = || -> Result<ClientError, ClientError> {
+            Ok(match self.outcome {
+                Outcome::Ok => ClientError::Invalid("unexpected success".into()),
+                Outcome::NotFound => ClientError::NotFound(self.body::<ErrorBody>()?.error),
+                Outcome::Invalid => ClientError::Invalid(self.body::<ErrorBody>()?.error),
+                Outcome::Conflict => ClientError::Conflict(self.body()?),
+                Outcome::Failed => {
+                    let f: FailureBody = self.body()?;
+                    let job = crate::jobs::parse_id(&f.id).map_or(0, |(_, n)| n);
+                    ClientError::Job(JobFailure {
+                        job,
+                        id: f.id,
+                        reason: f.reason,
+                        message: f.message,
+                        context: Bytes::new(),
+                    })
+                }
+            })
+        };
+        decoded().unwrap_or_else(|e| e)
+    }
 }
 
 #[derive(Default)]
 struct Routes {
     jobs: HashMap<u64, mpsc::UnboundedSender<JobEvent>>,
     stats: HashMap<u64, oneshot::Sender<String>>,
+    ops: HashMap<u64, oneshot::Sender<Reply>>,
+    /// The master's job-id prefix, for the ids of answers.
+    instance: Arc<str>,
     closed: bool,
 }
 
@@ -113,6 +193,7 @@ pub struct Client {
     routes: Arc<Mutex<Routes>>,
     next_tag: AtomicU64,
     max_payload: usize,
+    instance: Arc<str>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -172,8 +253,12 @@ impl Client {
         )
         .await
         .map_err(|_| ClientError::Timeout(WELCOME_TIMEOUT))??;
-        let max_payload = match welcome {
-            Some(ToClient::Welcome { max_payload, .. }) => max_payload as usize,
+        let (max_payload, instance) = match welcome {
+            Some(ToClient::Welcome {
+                max_payload,
+                instance,
+                ..
+            }) => (max_payload as usize, Arc::<str>::from(instance)),
             Some(ToClient::Refused { message }) => return Err(ClientError::Refused(message)),
             Some(other) => {
                 return Err(
@@ -189,13 +274,20 @@ impl Client {
             })
             .await;
         });
-        let routes = Arc::new(Mutex::new(Routes::default()));
+        let routes = Arc::new(Mutex::new(Routes {
+            jobs: HashMap::new(),
+            stats: HashMap::new(),
+            ops: HashMap::new(),
+            instance: instance.clone(),
+            closed: false,
+        }));
         let reader = tokio::spawn(route_answers(reader, routes.clone()));
         Ok(Client {
             out,
             routes,
             next_tag: AtomicU64::new(1),
             max_payload,
+            instance,
             reader,
         })
     }
@@ -205,6 +297,11 @@ impl Client {
         self.max_payload
     }
 
+    /// This master run's job-id prefix.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// Submits a job; its answers arrive on the returned handle.
     pub fn submit(
         &self,
@@ -212,6 +309,24 @@ impl Client {
         input: impl Into<Bytes>,
         context: impl Into<Bytes>,
     ) -> Result<JobHandle, ClientError> {
+        self.submit_with(module, input, context, SubmitOptions::default())
+    }
+
+    /// Submits a job with options (a time limit, say) and waits on this
+    /// connection for its answers. For a detached submit use
+    /// [`Client::submit_detached`].
+    pub fn submit_with(
+        &self,
+        module: &str,
+        input: impl Into<Bytes>,
+        context: impl Into<Bytes>,
+        options: SubmitOptions,
+    ) -> Result<JobHandle, ClientError> {
+        let options = SubmitOptions {
+            detach: false,
+            start_later: false,
+            ..options
+        };
         let input = input.into();
         let context = context.into();
         if context.len() > codec::MAX_CONTEXT {
@@ -239,6 +354,7 @@ impl Client {
             tag,
             module: module.to_owned(),
             context,
+            options,
             input,
         };
         if self.out.send(msg).is_err() {
@@ -246,6 +362,98 @@ impl Client {
             return Err(ClientError::Disconnected);
         }
         Ok(JobHandle { tag, rx })
+    }
+
+    /// Submits a job without waiting for it (fire and forget, or
+    /// `start_later`): returns its id and status at once. A refusal
+    /// (`overload`, ...) is [`ClientError::Job`].
+    pub async fn submit_detached(
+        &self,
+        module: &str,
+        input: impl Into<Bytes>,
+        options: SubmitOptions,
+    ) -> Result<JobRef, ClientError> {
+        let input = input.into();
+        if input.len() > self.max_payload {
+            return Err(ClientError::TooLarge {
+                len: input.len(),
+                max: self.max_payload,
+            });
+        }
+        let options = SubmitOptions {
+            detach: true,
+            ..options
+        };
+        self.op(|tag| ToMaster::Submit {
+            tag,
+            module: module.to_owned(),
+            context: Bytes::new(),
+            options,
+            input,
+        })
+        .await?
+        .into_ok()
+    }
+
+    /// What the master knows of a job.
+    pub async fn status(&self, id: &str) -> Result<JobView, ClientError> {
+        let id = id.to_owned();
+        self.op(|tag| ToMaster::Status { tag, id }).await?.into_ok()
+    }
+
+    /// A job's outcome, waiting up to `wait` for it to finish.
+    pub async fn result(&self, id: &str, wait: Duration) -> Result<JobResult, ClientError> {
+        let id = id.to_owned();
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let reply = self.op(|tag| ToMaster::Result { tag, id, wait_ms }).await?;
+        match reply.outcome {
+            Outcome::Ok => Ok(JobResult::Completed(reply.output)),
+            Outcome::Failed => Ok(JobResult::Failed(reply.body()?)),
+            Outcome::Conflict => Ok(JobResult::Pending(reply.body()?)),
+            _ => Err(reply.into_err()),
+        }
+    }
+
+    /// Puts a `start-later` job in the queue.
+    pub async fn start(&self, id: &str) -> Result<JobRef, ClientError> {
+        let id = id.to_owned();
+        self.op(|tag| ToMaster::Start { tag, id }).await?.into_ok()
+    }
+
+    /// Cancels a job that has not finished.
+    pub async fn cancel(&self, id: &str) -> Result<JobRef, ClientError> {
+        let id = id.to_owned();
+        self.op(|tag| ToMaster::Cancel { tag, id }).await?.into_ok()
+    }
+
+    /// Recent jobs, newest first (all statuses, or only `status`).
+    pub async fn jobs(
+        &self,
+        limit: u32,
+        status: Option<JobStatus>,
+    ) -> Result<JobList, ClientError> {
+        let status = status.map(|s| s.as_str().to_owned()).unwrap_or_default();
+        self.op(|tag| ToMaster::Jobs { tag, limit, status })
+            .await?
+            .into_ok()
+    }
+
+    /// Sends one job operation and waits for its [`Reply`].
+    pub async fn op(&self, make: impl FnOnce(u64) -> ToMaster) -> Result<Reply, ClientError> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut routes = self.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Disconnected);
+            }
+            routes.ops.insert(tag, tx);
+        }
+        if self.out.send(make(tag)).is_err() {
+            self.routes.lock().expect("routes lock").ops.remove(&tag);
+            return Err(ClientError::Disconnected);
+        }
+        rx.await.map_err(|_| ClientError::Disconnected)
     }
 
     /// Runs one job and returns its response bytes (the task-master's
@@ -319,6 +527,7 @@ async fn route_answers(
                 if let Some(tx) = routes.jobs.remove(&tag) {
                     let _ = tx.send(JobEvent::Completed(Completed {
                         job,
+                        id: format_id(&routes.instance, job),
                         output,
                         context,
                     }));
@@ -334,6 +543,7 @@ async fn route_answers(
                 if let Some(tx) = routes.jobs.remove(&tag) {
                     let _ = tx.send(JobEvent::Failed(JobFailure {
                         job,
+                        id: format_id(&routes.instance, job),
                         reason,
                         message,
                         context,
@@ -345,6 +555,20 @@ async fn route_answers(
                     let _ = tx.send(json);
                 }
             }
+            ToClient::Reply {
+                tag,
+                outcome,
+                json,
+                output,
+            } => {
+                if let Some(tx) = routes.ops.remove(&tag) {
+                    let _ = tx.send(Reply {
+                        outcome,
+                        json,
+                        output,
+                    });
+                }
+            }
             ToClient::Welcome { .. } | ToClient::Refused { .. } => {}
         }
     }
@@ -352,4 +576,5 @@ async fn route_answers(
     routes.closed = true;
     routes.jobs.clear();
     routes.stats.clear();
+    routes.ops.clear();
 }

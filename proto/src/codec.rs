@@ -277,6 +277,7 @@ pub fn to_frame<M: Message>(msg: &M) -> Result<Bytes, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::SubmitOptions;
     use crate::messages::*;
     use crate::reason::Reason;
     use std::fmt::Debug;
@@ -330,12 +331,38 @@ mod tests {
             tag: u64::MAX,
             module: "sha256".into(),
             context: Bytes::from_static(b"ctx"),
+            options: SubmitOptions {
+                detach: true,
+                start_later: true,
+                timeout_ms: Some(1500),
+            },
             input: Bytes::from(vec![0u8; 100_000]),
         });
         roundtrip(ToMaster::Stats { tag: 3 });
+        let id = "0123456789ab-7".to_owned();
+        roundtrip(ToMaster::Status { tag: 4, id: id.clone() });
+        roundtrip(ToMaster::Result {
+            tag: 5,
+            id: id.clone(),
+            wait_ms: 250,
+        });
+        roundtrip(ToMaster::Start { tag: 6, id: id.clone() });
+        roundtrip(ToMaster::Cancel { tag: 7, id });
+        roundtrip(ToMaster::Jobs {
+            tag: 8,
+            limit: 10,
+            status: "queued".into(),
+        });
         roundtrip(ToClient::Welcome {
             version: 1,
             max_payload: 42,
+            instance: "0123456789ab".into(),
+        });
+        roundtrip(ToClient::Reply {
+            tag: 9,
+            outcome: crate::jobs::Outcome::Ok,
+            json: "{}".into(),
+            output: Bytes::from_static(b"result"),
         });
         roundtrip(ToClient::Refused {
             message: "no".into(),
@@ -368,12 +395,18 @@ mod tests {
     #[test]
     fn layout_is_as_documented() {
         // docs/protocol.md: Submit is variant 0 (u32 LE), tag u64 LE, module
-        // as u64 LE length + UTF-8, context as u64 LE length + bytes, then the
-        // raw payload.
+        // as u64 LE length + UTF-8, context as u64 LE length + bytes, the
+        // options (detach u8, start_later u8, timeout_ms as u8 0/1 + u64
+        // LE), then the raw payload.
         let frame = to_frame(&ToMaster::Submit {
             tag: 5,
             module: "echo".into(),
             context: Bytes::from_static(b"c"),
+            options: SubmitOptions {
+                detach: false,
+                start_later: false,
+                timeout_ms: Some(9),
+            },
             input: Bytes::from_static(b"hi"),
         })
         .unwrap();
@@ -384,6 +417,8 @@ mod tests {
         want.extend_from_slice(b"echo");
         want.extend_from_slice(&1u64.to_le_bytes());
         want.extend_from_slice(b"c");
+        want.extend_from_slice(&[0, 0, 1]);
+        want.extend_from_slice(&9u64.to_le_bytes());
         want.extend_from_slice(b"hi");
         assert_eq!(&frame[..4], &(want.len() as u32).to_be_bytes());
         assert_eq!(&frame[4..], &want[..]);

@@ -7,6 +7,7 @@
 //! - [`codec`]: framing and bincode, the only place that encodes or decodes.
 //! - [`handshake`]: the hello, its deadline, constant-time secret check.
 //! - [`reason`]: the failure reasons of SPEC section 5.
+//! - [`jobs`]: job ids, statuses and the JSON bodies of job operations.
 //! - [`stats`]: the `taskmaster stats` figures.
 //! - [`client`]: the async client (many jobs in flight, parts, `do_task`).
 //!
@@ -35,11 +36,15 @@
 pub mod client;
 pub mod codec;
 pub mod handshake;
+pub mod jobs;
 pub mod messages;
 pub mod reason;
 pub mod stats;
 
-pub use client::{Client, ClientError, Completed, JobEvent, JobFailure, JobHandle};
+pub use client::{
+    Client, ClientError, Completed, JobEvent, JobFailure, JobHandle, JobResult, Reply,
+};
 pub use messages::{PROTOCOL_VERSION, SECRET_LEN};
+pub use jobs::{JobStatus, Outcome, SubmitOptions};
 pub use reason::Reason;
 pub use stats::Stats;

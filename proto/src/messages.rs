@@ -4,12 +4,13 @@
 //! header, so job data is never re-encoded or copied by bincode
 //! (see [`crate::codec`]).
 
+use crate::jobs::{Outcome, SubmitOptions};
 use crate::reason::Reason;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Protocol version carried in every hello; bumped on any wire change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Length of the per-child secret a handler proves itself with.
 pub const SECRET_LEN: usize = 32;
@@ -158,6 +159,8 @@ pub enum ToMaster {
         /// Opaque bytes returned with the final answer (the task-master's
         /// saved locals).
         context: Bytes,
+        /// Detach, start later, time limit.
+        options: SubmitOptions,
         /// Input bytes (payload).
         #[serde(skip)]
         input: Bytes,
@@ -167,19 +170,60 @@ pub enum ToMaster {
         /// Client-chosen tag, returned with the answer.
         tag: u64,
     },
+    /// What the master knows of a job: a [`ToClient::Reply`] with a
+    /// [`JobView`](crate::jobs::JobView).
+    Status {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+        /// Job id.
+        id: String,
+    },
+    /// A job's outcome: its response (the Reply's payload), its failure,
+    /// or, if it has not finished within `wait_ms`, a conflict.
+    Result {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+        /// Job id.
+        id: String,
+        /// How long to wait for the job to finish (0: answer at once).
+        wait_ms: u64,
+    },
+    /// Puts a `start-later` job in the queue.
+    Start {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+        /// Job id.
+        id: String,
+    },
+    /// Cancels a job that has not finished.
+    Cancel {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+        /// Job id.
+        id: String,
+    },
+    /// Recent jobs, newest first.
+    Jobs {
+        /// Client-chosen tag, returned with the answer.
+        tag: u64,
+        /// Most jobs to list.
+        limit: u32,
+        /// Only jobs with this status word (empty: all).
+        status: String,
+    },
 }
 
 impl Message for ToMaster {
     fn payload(&self) -> Option<&Bytes> {
         match self {
             ToMaster::Submit { input, .. } => Some(input),
-            ToMaster::Stats { .. } => None,
+            _ => None,
         }
     }
     fn set_payload(&mut self, payload: Bytes) -> bool {
         match self {
             ToMaster::Submit { input, .. } => *input = payload,
-            ToMaster::Stats { .. } => return false,
+            _ => return false,
         }
         true
     }
@@ -194,6 +238,9 @@ pub enum ToClient {
         version: u32,
         /// Largest payload the master accepts in one frame.
         max_payload: u64,
+        /// This master run's job-id prefix: a job's id is
+        /// `{instance}-{job}` ([`crate::jobs::format_id`]).
+        instance: String,
     },
     /// The hello was refused (version, token); the master closes next.
     Refused {
@@ -240,6 +287,20 @@ pub enum ToClient {
         /// JSON text, see [`crate::stats::Stats`].
         json: String,
     },
+    /// Answer to a job operation ([`ToMaster::Status`], `Result`, `Start`,
+    /// `Cancel`, `Jobs`) or to a detached submit: the same JSON body the
+    /// HTTP API gives for it.
+    Reply {
+        /// The request's tag.
+        tag: u64,
+        /// How it went.
+        outcome: Outcome,
+        /// JSON text (see [`crate::jobs`]).
+        json: String,
+        /// A completed job's response, for `Result` (payload; else empty).
+        #[serde(skip)]
+        output: Bytes,
+    },
 }
 
 impl Message for ToClient {
@@ -247,6 +308,7 @@ impl Message for ToClient {
         match self {
             ToClient::Part { data, .. } => Some(data),
             ToClient::Completed { output, .. } => Some(output),
+            ToClient::Reply { output, .. } => Some(output),
             _ => None,
         }
     }
@@ -254,6 +316,7 @@ impl Message for ToClient {
         match self {
             ToClient::Part { data, .. } => *data = payload,
             ToClient::Completed { output, .. } => *output = payload,
+            ToClient::Reply { output, .. } => *output = payload,
             _ => return false,
         }
         true

@@ -6,8 +6,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Why a job ended without a response. The wire carries the variant index
-/// (u32, see `docs/protocol.md`); humans see [`Reason::as_str`].
+/// (u32, see `docs/protocol.md`); JSON and humans see the word
+/// ([`Reason::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Reason {
     /// Pool at `pool-max`, all busy, and the queue holds `job-max` jobs.
     Overload,

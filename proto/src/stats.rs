@@ -1,4 +1,4 @@
-//! The figures `taskmaster stats` prints (and `GET /stats` will serve): one
+//! The figures `taskmaster stats` prints (and `GET /stats` serves): one
 //! serde type shared by the master that fills it and the clients that read it.
 
 use serde::{Deserialize, Serialize};
@@ -52,12 +52,18 @@ pub struct JobStats {
     pub submitted: u64,
     /// Jobs completed.
     pub completed: u64,
-    /// Jobs failed, any reason (including refusals).
+    /// Jobs failed, any reason but `cancelled` (refusals included).
     pub failed: u64,
     /// Jobs refused with `overload`.
     pub overload: u64,
-    /// Failed jobs by reason word.
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Failure answers by reason word (refusals and cancellations too).
     pub failed_by_reason: BTreeMap<String, u64>,
+    /// `start-later` jobs held now.
+    pub start_later: usize,
+    /// Finished jobs whose outcome is kept in the job table now.
+    pub kept: usize,
 }
 
 /// Child processes since start.

@@ -78,7 +78,13 @@ async fn full_queue_answers_overload_at_once() {
     match refused.finish().await {
         Err(ClientError::Job(f)) => {
             assert_eq!(f.reason, Reason::Overload);
-            assert_eq!(f.job, 0);
+            // A refused job has an id (for logs and the failure JSON) but
+            // is not kept in the job table.
+            assert!(f.job > 0);
+            assert!(matches!(
+                client.status(&f.id).await,
+                Err(ClientError::NotFound(_))
+            ));
         }
         other => panic!("expected overload, got {other:?}"),
     }

@@ -159,6 +159,7 @@ async fn submit_over_the_size_limits_is_closed_and_client_checks_first() {
         tag: 1,
         module: "echo".into(),
         context: vec![7u8; codec::MAX_CONTEXT + 1].into(),
+        options: Default::default(),
         input: bytes::Bytes::from_static(b"x"),
     };
     s.write_all(&codec::to_frame(&submit).unwrap()).unwrap();

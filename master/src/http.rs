@@ -1,0 +1,445 @@
+//! The HTTP/JSON API of SPEC section 6 (`--http ADDR`), on axum. It is one
+//! more front end to the pool actor, like a socket session: every route
+//! turns into a [`PoolHandle`] call, and every answer is rendered from the
+//! same [`Answer`] the socket sends, so the two cannot drift apart.
+//! `docs/http-api.md` and `docs/openapi.yaml` describe it for users.
+
+use crate::job::{Ack, Answer, Body, Op, Reply, Submission};
+use crate::metrics::Metrics;
+use crate::pool::{Health, PoolHandle};
+use crate::session::{MAX_LIST, MAX_WAIT};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use taskmaster_proto::jobs::{ErrorBody, JobRef, JobStatus, Outcome, SubmitOptions};
+use taskmaster_proto::Reason;
+use tokio::sync::oneshot;
+
+/// Longest `timeout=` a submit may ask for (a year).
+const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
+/// Jobs `GET /jobs` lists without `limit=`.
+const DEFAULT_LIST: usize = 100;
+/// What a client is told to wait after `overload`.
+const RETRY_AFTER_SECS: &str = "1";
+
+struct Api {
+    pool: PoolHandle,
+    metrics: Arc<Metrics>,
+}
+
+type ApiState = State<Arc<Api>>;
+
+/// The API's routes, with request bodies bounded by `max_payload` (the
+/// frame limit: an HTTP job may not carry more than a socket job).
+pub fn router(pool: PoolHandle, metrics: Arc<Metrics>, max_payload: usize) -> Router {
+    let api = Arc::new(Api { pool, metrics });
+    Router::new()
+        .route("/jobs", get(list))
+        .route("/jobs/{id}", post(submit).get(status).delete(cancel))
+        .route("/jobs/{id}/result", get(result))
+        .route("/jobs/{id}/start", post(start))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(max_payload))
+        .layer(middleware::map_response(json_errors))
+        .with_state(api)
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).expect("API bodies serialize");
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+fn stopped() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the master has stopped")
+}
+
+/// The status code of a failure answer (SPEC section 6).
+fn failure_status(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::Overload => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::UnknownModule => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn with_job_id(mut res: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        res.headers_mut().insert("x-job-id", v);
+    }
+    res
+}
+
+/// Renders an answer; `ok` is the status of a JSON success.
+fn render(answer: Answer, ok: StatusCode) -> Response {
+    let status = match (&answer.outcome, &answer.body) {
+        (Outcome::Ok, _) => ok,
+        (Outcome::NotFound, _) => StatusCode::NOT_FOUND,
+        (Outcome::Conflict, _) => StatusCode::CONFLICT,
+        (Outcome::Invalid, _) => StatusCode::BAD_REQUEST,
+        (Outcome::Failed, Body::Failure(f)) => failure_status(f.reason),
+        (Outcome::Failed, _) => StatusCode::BAD_GATEWAY,
+    };
+    if let (Some(output), Body::View(view)) = (&answer.output, &answer.body) {
+        let res = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            output.clone(),
+        )
+            .into_response();
+        return with_job_id(res, &view.id);
+    }
+    let mut res = json(status, &answer.body);
+    if let Body::Failure(f) = &answer.body {
+        if f.reason == Reason::Overload {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+    }
+    res
+}
+
+/// A `{"id","status"}` accepted-or-pending answer with its id headers.
+fn accepted(job: &JobRef) -> Response {
+    let mut res = with_job_id(json(StatusCode::ACCEPTED, job), &job.id);
+    if let Ok(v) = HeaderValue::from_str(&format!("/jobs/{}", job.id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// Query parameters, checked against the names a route takes.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        allowed: &[&str],
+    ) -> Result<Params, Response> {
+        let Query(pairs) =
+            query.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
+        let mut map = HashMap::new();
+        for (name, value) in pairs {
+            if !allowed.contains(&name.as_str()) {
+                let msg = if allowed.is_empty() {
+                    format!("unknown query parameter {name:?} (this route takes none)")
+                } else {
+                    format!(
+                        "unknown query parameter {name:?} (this route takes {})",
+                        allowed.join(", ")
+                    )
+                };
+                return Err(error(StatusCode::BAD_REQUEST, msg));
+            }
+            if map.insert(name.clone(), value).is_some() {
+                let msg = format!("query parameter {name:?} given twice");
+                return Err(error(StatusCode::BAD_REQUEST, msg));
+            }
+        }
+        Ok(Params(map))
+    }
+
+    /// A duration in (fractional) seconds, at most `max`.
+    fn seconds(&self, name: &str, max: f64) -> Result<Option<Duration>, Response> {
+        let Some(text) = self.0.get(name) else {
+            return Ok(None);
+        };
+        match text.parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=max).contains(&v) => {
+                Ok(Some(Duration::from_secs_f64(v)))
+            }
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}={text:?}: expected seconds between 0 and {max}"),
+            )),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, Response> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("{name}={other:?}: expected true or false"),
+            )),
+        }
+    }
+}
+
+fn job_number(api: &Api, id: &str) -> Result<u64, Response> {
+    api.pool
+        .parse_id(id)
+        .map_err(|answer| render(answer, StatusCode::OK))
+}
+
+/// Unwraps a `Result<_, Response>` in a handler.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(res) => return res,
+        }
+    };
+}
+
+/// `POST /jobs/{module}`.
+async fn submit(
+    State(api): ApiState,
+    Path(module): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let params = tri!(Params::parse(query, &["wait", "start_later", "timeout"]));
+    let wait = tri!(params.seconds("wait", MAX_WAIT.as_secs_f64()));
+    let start_later = tri!(params.boolean("start_later"));
+    let timeout = tri!(params.seconds("timeout", MAX_TIMEOUT_SECS));
+    if start_later && wait.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "start_later and wait cannot be combined: a start-later job waits for POST /jobs/{id}/start",
+        );
+    }
+    let input = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let (ack_tx, ack_rx) = oneshot::channel();
+    let (waiter, done) = match wait {
+        Some(_) => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    api.pool.submit(Submission {
+        module,
+        input,
+        options: SubmitOptions {
+            detach: true,
+            start_later,
+            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        },
+        reply: Reply::Detached,
+        ack: Some(Ack::Local(ack_tx)),
+        waiter,
+    });
+    let Ok(ack) = ack_rx.await else {
+        return stopped();
+    };
+    let job = match (&ack.outcome, &ack.body) {
+        (Outcome::Ok, Body::Ref(job)) => job.clone(),
+        _ => return render(ack, StatusCode::OK),
+    };
+    let (Some(wait), Some(done)) = (wait, done) else {
+        return accepted(&job);
+    };
+    match tokio::time::timeout(wait, done).await {
+        Ok(Ok(answer)) => render(answer, StatusCode::OK),
+        _ => {
+            // Still running at the deadline: 202 with its status now.
+            let Ok(number) = api.pool.parse_id(&job.id) else {
+                return accepted(&job);
+            };
+            match api.pool.op(Op::Status(number)).await {
+                Some(Answer {
+                    body: Body::View(view),
+                    ..
+                }) => accepted(&JobRef {
+                    id: view.id,
+                    status: view.status,
+                }),
+                _ => accepted(&job),
+            }
+        }
+    }
+}
+
+/// `GET /jobs/{id}`.
+async fn status(
+    State(api): ApiState,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
+    let job = tri!(job_number(&api, &id));
+    match api.pool.op(Op::Status(job)).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
+/// `GET /jobs/{id}/result`.
+async fn result(
+    State(api): ApiState,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let params = tri!(Params::parse(query, &["wait"]));
+    let wait = tri!(params.seconds("wait", MAX_WAIT.as_secs_f64())).unwrap_or_default();
+    let job = tri!(job_number(&api, &id));
+    match api.pool.result(job, wait).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
+/// `POST /jobs/{id}/start`.
+async fn start(
+    State(api): ApiState,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
+    let job = tri!(job_number(&api, &id));
+    match api.pool.op(Op::Start(job)).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
+/// `DELETE /jobs/{id}`.
+async fn cancel(
+    State(api): ApiState,
+    Path(id): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
+    let job = tri!(job_number(&api, &id));
+    match api.pool.op(Op::Cancel(job)).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
+/// `GET /jobs`: recent jobs, newest first.
+async fn list(
+    State(api): ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let params = tri!(Params::parse(query, &["limit", "status"]));
+    let limit = match params.0.get("limit") {
+        None => DEFAULT_LIST,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST).contains(&n) => n,
+            _ => {
+                let msg = format!("limit={text:?}: expected a whole number from 1 to {MAX_LIST}");
+                return error(StatusCode::BAD_REQUEST, msg);
+            }
+        },
+    };
+    let status = match params.0.get("status") {
+        None => None,
+        Some(text) => match text.parse::<JobStatus>() {
+            Ok(s) => Some(s),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+    };
+    match api.pool.op(Op::List { limit, status }).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
+/// `GET /stats`: the JSON of `taskmaster stats`.
+async fn stats(
+    State(api): ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
+    match api.pool.stats().await {
+        Some(stats) => json(StatusCode::OK, &stats),
+        None => stopped(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text (OpenMetrics).
+async fn metrics_text(State(api): ApiState) -> Response {
+    let Some(stats) = api.pool.stats().await else {
+        return stopped();
+    };
+    let text = api.metrics.render(&stats);
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// `GET /healthz`: 200 once the pool is ready; 503 before, while no child
+/// can be started, and while shutting down.
+async fn healthz(State(api): ApiState) -> Response {
+    let (code, status, message) = match api.pool.health().await {
+        Some(Health::Ready) => (StatusCode::OK, "ok", None),
+        Some(Health::Starting) => (StatusCode::SERVICE_UNAVAILABLE, "starting", None),
+        Some(Health::Broken(cause)) => (StatusCode::SERVICE_UNAVAILABLE, "broken", Some(cause)),
+        Some(Health::ShuttingDown) | None => {
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting-down", None)
+        }
+    };
+    json(code, &HealthBody { status, message })
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route {method} {}", uri.path()),
+    )
+}
+
+/// axum answers a known route's wrong method with an empty 405 (and an
+/// `Allow` header); the API promises a JSON error body on every failure.
+async fn json_errors(res: Response) -> Response {
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED
+        || res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return res;
+    }
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut out = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        match &allow {
+            Some(a) => format!(
+                "method not allowed here (allowed: {})",
+                a.to_str().unwrap_or("?")
+            ),
+            None => "method not allowed here".to_owned(),
+        },
+    );
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
+}

@@ -1,0 +1,341 @@
+//! The job table: every accepted job's status, times and outcome, owned by
+//! the pool actor (no locks). Finished jobs stay for `--keep-results` jobs,
+//! `--result-ttl` seconds and `--keep-results-bytes` of responses, oldest
+//! evicted first, so memory stays bounded whatever the load. Waiters
+//! (`result --wait`, HTTP `wait=`) are told the moment their job ends.
+
+use crate::job::{Answer, Body, JobId, Queued};
+use crate::pool::ChildId;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use taskmaster_proto::jobs::{format_id, JobList, JobRef, JobStatus, JobView};
+use taskmaster_proto::Reason;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::time::delay_queue;
+
+/// Responses up to this size are copied when kept: a small response is a
+/// slice of its connection's read buffer, and keeping the slice would keep
+/// the whole buffer alive.
+const COPY_BELOW: usize = 4096;
+
+/// How much the table keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Finished jobs kept.
+    pub keep: usize,
+    /// How long a finished job is kept.
+    pub ttl: Duration,
+    /// Response bytes kept in all.
+    pub bytes: usize,
+}
+
+/// How a job ended.
+#[derive(Clone)]
+pub enum End {
+    /// With this response.
+    Completed(Bytes),
+    /// With this reason (`cancelled` makes the status `cancelled`).
+    Failed(Reason, String),
+}
+
+/// One job's entry.
+pub struct Record {
+    module: String,
+    status: JobStatus,
+    created: SystemTime,
+    created_mono: Instant,
+    started: Option<(SystemTime, Instant)>,
+    finished: Option<SystemTime>,
+    failure: Option<(Reason, String)>,
+    output: Option<Bytes>,
+    waiters: Vec<oneshot::Sender<Answer>>,
+    /// Its run-time limit (`None`: none).
+    pub timeout: Option<Duration>,
+    /// Its armed time limit in the pool's delay queue.
+    pub timer: Option<delay_queue::Key>,
+    /// The child running it.
+    pub child: Option<ChildId>,
+    /// A `start-later` job's module, input and reply until it is started.
+    pub parked: Option<Queued>,
+}
+
+impl Record {
+    /// Its status.
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+}
+
+/// Timings of a job that just ended, for the metrics.
+pub struct Ended {
+    /// Time from accepted to started, if it started.
+    pub waited: Option<Duration>,
+    /// Time from started to finished, if it started.
+    pub ran: Option<Duration>,
+    /// Its armed time limit, to disarm.
+    pub timer: Option<delay_queue::Key>,
+}
+
+/// Every job the master knows.
+pub struct JobTable {
+    instance: Arc<str>,
+    limits: Limits,
+    records: BTreeMap<JobId, Record>,
+    /// Finished jobs in the order they ended: eviction order.
+    finished: VecDeque<(JobId, Instant)>,
+    result_bytes: usize,
+    start_later: usize,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl JobTable {
+    /// An empty table for the master run `instance`.
+    pub fn new(instance: Arc<str>, limits: Limits) -> JobTable {
+        JobTable {
+            instance,
+            limits,
+            records: BTreeMap::new(),
+            finished: VecDeque::new(),
+            result_bytes: 0,
+            start_later: 0,
+        }
+    }
+
+    /// The id string of job `job`.
+    pub fn id(&self, job: JobId) -> String {
+        format_id(&self.instance, job)
+    }
+
+    /// `start-later` jobs held now.
+    pub fn start_later(&self) -> usize {
+        self.start_later
+    }
+
+    /// Finished jobs kept now.
+    pub fn kept(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Records a job just accepted.
+    pub fn insert(&mut self, job: JobId, module: String, status: JobStatus, timeout: Option<Duration>) {
+        if status == JobStatus::StartLater {
+            self.start_later += 1;
+        }
+        self.records.insert(
+            job,
+            Record {
+                module,
+                status,
+                created: SystemTime::now(),
+                created_mono: Instant::now(),
+                started: None,
+                finished: None,
+                failure: None,
+                output: None,
+                waiters: Vec::new(),
+                timeout,
+                timer: None,
+                child: None,
+                parked: None,
+            },
+        );
+    }
+
+    /// The record of a job that has not been evicted.
+    pub fn get(&self, job: JobId) -> Option<&Record> {
+        self.records.get(&job)
+    }
+
+    /// The record of a job, to change it.
+    pub fn get_mut(&mut self, job: JobId) -> Option<&mut Record> {
+        self.records.get_mut(&job)
+    }
+
+    /// A `start-later` job joins the queue.
+    pub fn set_queued(&mut self, job: JobId) {
+        if let Some(r) = self.records.get_mut(&job) {
+            if r.status == JobStatus::StartLater {
+                self.start_later -= 1;
+            }
+            r.status = JobStatus::Queued;
+        }
+    }
+
+    /// A job started on `child`; returns its time limit.
+    pub fn started(&mut self, job: JobId, child: ChildId) -> Option<Duration> {
+        let r = self.records.get_mut(&job)?;
+        if r.status.is_finished() {
+            return None;
+        }
+        r.status = JobStatus::Processing;
+        r.started = Some((SystemTime::now(), Instant::now()));
+        r.child = Some(child);
+        r.timeout
+    }
+
+    /// A job ended: its outcome is kept, its waiters told, old outcomes
+    /// evicted. `None` if the job is not in the table (refused at submit)
+    /// or had already ended.
+    pub fn finish(&mut self, job: JobId, end: End) -> Option<Ended> {
+        let id = self.id(job);
+        let r = self.records.get_mut(&job)?;
+        if r.status.is_finished() {
+            return None;
+        }
+        if r.status == JobStatus::StartLater {
+            self.start_later -= 1;
+        }
+        let now = Instant::now();
+        r.finished = Some(SystemTime::now());
+        r.parked = None;
+        r.child = None;
+        match end {
+            End::Completed(output) => {
+                r.status = JobStatus::Completed;
+                let output = if output.len() < COPY_BELOW {
+                    Bytes::copy_from_slice(&output)
+                } else {
+                    output
+                };
+                self.result_bytes += output.len();
+                r.output = Some(output);
+            }
+            End::Failed(reason, message) => {
+                r.status = if reason == Reason::Cancelled {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::Failed
+                };
+                r.failure = Some((reason, message));
+            }
+        }
+        let ended = Ended {
+            waited: r.started.map(|(_, s)| s.duration_since(r.created_mono)),
+            ran: r.started.map(|(_, s)| now.duration_since(s)),
+            timer: r.timer.take(),
+        };
+        let waiters = std::mem::take(&mut r.waiters);
+        if !waiters.is_empty() {
+            let answer = result_answer(id, r);
+            for w in waiters {
+                let _ = w.send(answer.clone());
+            }
+        }
+        self.finished.push_back((job, now));
+        self.evict();
+        Some(ended)
+    }
+
+    /// Drops finished jobs past the count, age and byte limits, oldest
+    /// first.
+    pub fn evict(&mut self) {
+        let now = Instant::now();
+        while let Some(&(job, at)) = self.finished.front() {
+            let over = self.finished.len() > self.limits.keep
+                || now.duration_since(at) > self.limits.ttl
+                || self.result_bytes > self.limits.bytes;
+            if !over {
+                return;
+            }
+            self.finished.pop_front();
+            if let Some(r) = self.records.remove(&job) {
+                if let Some(out) = r.output {
+                    self.result_bytes -= out.len();
+                }
+            }
+        }
+    }
+
+    /// Every held `start-later` job, taken out to be answered (at
+    /// shutdown); their records stay until answered.
+    pub fn take_parked(&mut self) -> Vec<Queued> {
+        self.records
+            .values_mut()
+            .filter_map(|r| r.parked.take())
+            .collect()
+    }
+
+    /// What the table says of a job.
+    pub fn view(&self, job: JobId) -> Option<JobView> {
+        self.records.get(&job).map(|r| view(self.id(job), r))
+    }
+
+    /// `{"id","status"}` of a job.
+    pub fn job_ref(&self, job: JobId) -> Option<JobRef> {
+        self.records.get(&job).map(|r| JobRef {
+            id: self.id(job),
+            status: r.status,
+        })
+    }
+
+    /// The answer to `result`: the response, the failure, or a conflict
+    /// while it has not finished.
+    pub fn result(&self, job: JobId) -> Answer {
+        match self.records.get(&job) {
+            None => Answer::not_found(&self.id(job)),
+            Some(r) => result_answer(self.id(job), r),
+        }
+    }
+
+    /// Tells `tx` the job's result when it ends (at once if it has).
+    pub fn add_waiter(&mut self, job: JobId, tx: oneshot::Sender<Answer>) {
+        let id = self.id(job);
+        match self.records.get_mut(&job) {
+            None => {
+                let _ = tx.send(Answer::not_found(&id));
+            }
+            Some(r) if r.status.is_finished() => {
+                let _ = tx.send(result_answer(id, r));
+            }
+            Some(r) => {
+                // Waiters that gave up (a client polling with short waits)
+                // must not pile up on a job that never ends.
+                r.waiters.retain(|w| !w.is_closed());
+                r.waiters.push(tx);
+            }
+        }
+    }
+
+    /// Recent jobs, newest first.
+    pub fn list(&self, limit: usize, status: Option<JobStatus>) -> JobList {
+        let jobs = self
+            .records
+            .iter()
+            .rev()
+            .filter(|(_, r)| status.is_none_or(|s| r.status == s))
+            .take(limit)
+            .map(|(&job, r)| view(self.id(job), r))
+            .collect();
+        JobList { jobs }
+    }
+}
+
+fn view(id: String, r: &Record) -> JobView {
+    JobView {
+        id,
+        module: r.module.clone(),
+        status: r.status,
+        reason: r.failure.as_ref().map(|f| f.0),
+        message: r.failure.as_ref().map(|f| f.1.clone()),
+        created_at: rfc3339(r.created),
+        started_at: r.started.map(|(t, _)| rfc3339(t)),
+        finished_at: r.finished.map(rfc3339),
+    }
+}
+
+fn result_answer(id: String, r: &Record) -> Answer {
+    match (&r.output, &r.failure) {
+        (Some(output), _) => Answer {
+            output: Some(output.clone()),
+            ..Answer::ok(Body::View(view(id, r)))
+        },
+        (None, Some((reason, message))) => Answer::failed(id, r.status, *reason, message.clone()),
+        (None, None) => Answer::conflict(id, r.status),
+    }
+}
