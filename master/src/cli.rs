@@ -1,5 +1,6 @@
 //! The command line: the master's flags (each with an environment
-//! fallback) and the client subcommands `submit` and `stats`.
+//! fallback) and the client subcommands (`submit`, `stats`, `bench`, and
+//! the job operations `status`, `result`, `start`, `cancel`, `jobs`).
 
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -7,7 +8,8 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use taskmaster_proto::{Client, ClientError, JobEvent, Reason};
+use taskmaster_proto::jobs::{JobStatus, JobView, SubmitOptions};
+use taskmaster_proto::{Client, ClientError, JobEvent, JobResult, Reason};
 
 /// Exit status of a completed job.
 pub const EXIT_OK: u8 = 0;
@@ -34,10 +36,22 @@ pub struct Cli {
 /// Client commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run one job and write its response to stdout.
+    /// Run one job and write its response to stdout (or, with --async,
+    /// print its id and leave it running).
     Submit(SubmitArgs),
     /// Print pool and queue figures as JSON.
     Stats(ConnectArgs),
+    /// Print what the master knows of a job, as JSON.
+    Status(IdArgs),
+    /// Write a finished job's response to stdout (exit 75 if it has not
+    /// finished).
+    Result(ResultArgs),
+    /// Put a start-later job in the queue.
+    Start(IdArgs),
+    /// Cancel a job that has not finished.
+    Cancel(IdArgs),
+    /// List recent jobs, newest first.
+    Jobs(JobsArgs),
     /// Load-test a running master (jobs/s, latency percentiles).
     Bench(crate::bench::BenchArgs),
 }
@@ -150,7 +164,8 @@ impl ServeArgs {
             max_payload: self.max_payload,
             grace: Duration::from_secs_f64(self.grace),
             prefetch: self.prefetch,
-            job_timeout: (self.job_timeout > 0.0).then(|| Duration::from_secs_f64(self.job_timeout)),
+            job_timeout: (self.job_timeout > 0.0)
+                .then(|| Duration::from_secs_f64(self.job_timeout)),
             keep_results: self.keep_results,
             result_ttl: Duration::from_secs_f64(self.result_ttl),
             keep_results_bytes: self.keep_results_bytes,
@@ -176,10 +191,59 @@ pub struct ConnectArgs {
 pub struct SubmitArgs {
     #[command(flatten)]
     conn: ConnectArgs,
+    /// Do not wait: print the job id and exit; fetch the outcome later with
+    /// `taskmaster result ID`.
+    #[arg(long = "async")]
+    pub detach: bool,
+    /// Hold the job until `taskmaster start ID` (prints the id; implies
+    /// --async).
+    #[arg(long)]
+    pub start_later: bool,
+    /// Seconds the job may run before it fails `timeout` (0: no limit;
+    /// default: the master's --job-timeout).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<f64>,
     /// The module to run.
     pub module: String,
     /// Input bytes; omitted or `-`: read stdin.
     pub data: Option<String>,
+}
+
+/// A command on one job.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// The job id (as `submit --async` printed it).
+    pub id: String,
+}
+
+/// `taskmaster result`.
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Seconds to wait for the job to finish.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_seconds)]
+    pub wait: f64,
+    /// The job id.
+    pub id: String,
+}
+
+/// `taskmaster jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Most jobs to list.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: u32,
+    /// Only jobs with this status.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<JobStatus>,
+    /// Print the JSON list instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Prints a line on stdout; a reader that went away (a closed pipe) is not
@@ -201,6 +265,41 @@ pub async fn run_client(command: Command) -> ExitCode {
     match command {
         Command::Submit(args) => submit(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Status(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| async move {
+                let view = c.status(&args.id).await?;
+                print_line(&serde_json::to_string_pretty(&view).expect("view serializes"));
+                Ok(ExitCode::from(EXIT_OK))
+            })
+            .await
+        }
+        Command::Result(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| result(c, args)).await
+        }
+        Command::Start(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| async move {
+                let job = c.start(&args.id).await?;
+                print_line(&format!("{} {}", job.id, job.status));
+                Ok(ExitCode::from(EXIT_OK))
+            })
+            .await
+        }
+        Command::Cancel(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| async move {
+                let job = c.cancel(&args.id).await?;
+                print_line(&format!("{} {}", job.id, job.status));
+                Ok(ExitCode::from(EXIT_OK))
+            })
+            .await
+        }
+        Command::Jobs(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| jobs(c, args)).await
+        }
         Command::Stats(conn) => {
             let client = match Client::connect(conn.connect.as_str(), None).await {
                 Ok(c) => c,
@@ -221,6 +320,110 @@ pub async fn run_client(command: Command) -> ExitCode {
     }
 }
 
+/// Connects, runs `f`, and turns its error into a message and exit status.
+async fn with_client<F, Fut>(addr: &str, f: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, ClientError>>,
+{
+    let client = match Client::connect(addr, None).await {
+        Ok(c) => c,
+        Err(e) => return connect_failed(addr, e),
+    };
+    match f(client).await {
+        Ok(code) => code,
+        Err(e) => client_error(e),
+    }
+}
+
+/// The message and exit status of a failed client command.
+fn client_error(e: ClientError) -> ExitCode {
+    match e {
+        ClientError::Job(f) => {
+            eprintln!("failed: {}: {}", f.reason, f.message);
+            ExitCode::from(if f.reason == Reason::Overload {
+                EXIT_TEMPFAIL
+            } else {
+                EXIT_FAILED
+            })
+        }
+        ClientError::NotFound(_) | ClientError::Conflict(_) => {
+            eprintln!("taskmaster: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        other => {
+            eprintln!("taskmaster: {other}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn result(client: Client, args: ResultArgs) -> Result<ExitCode, ClientError> {
+    let wait = Duration::from_secs_f64(args.wait);
+    match client.result(&args.id, wait).await? {
+        JobResult::Completed(output) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&output).and_then(|_| stdout.flush());
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        JobResult::Failed(f) => {
+            eprintln!("failed: {}: {}", f.reason, f.message);
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        JobResult::Pending(job) => {
+            eprintln!("taskmaster: job {} is {}", job.id, job.status);
+            Ok(ExitCode::from(EXIT_TEMPFAIL))
+        }
+    }
+}
+
+/// Milliseconds between two RFC 3339 times of a job, if both are known.
+fn millis_between(from: Option<&str>, to: Option<&str>) -> String {
+    let parse = |t: Option<&str>| t.and_then(|t| humantime::parse_rfc3339(t).ok());
+    match (parse(from), parse(to)) {
+        (Some(a), Some(b)) => b
+            .duration_since(a)
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|_| "0".into()),
+        _ => "-".into(),
+    }
+}
+
+async fn jobs(client: Client, args: JobsArgs) -> Result<ExitCode, ClientError> {
+    let list = client.jobs(args.limit, args.status).await?;
+    if args.json {
+        print_line(&serde_json::to_string_pretty(&list).expect("list serializes"));
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    print_line(&format!(
+        "{:<24} {:<11} {:<12} {:<24} {:>10} {:>10}  {}",
+        "ID", "STATUS", "MODULE", "CREATED", "QUEUED_MS", "RAN_MS", "REASON"
+    ));
+    for JobView {
+        id,
+        module,
+        status,
+        reason,
+        message,
+        created_at,
+        started_at,
+        finished_at,
+    } in &list.jobs
+    {
+        let queued = millis_between(Some(created_at), started_at.as_deref());
+        let ran = millis_between(started_at.as_deref(), finished_at.as_deref());
+        let why = match (reason, message) {
+            (Some(r), Some(m)) => format!("{r}: {}", m.chars().take(60).collect::<String>()),
+            (Some(r), None) => r.to_string(),
+            _ => String::new(),
+        };
+        print_line(&format!(
+            "{id:<24} {status:<11} {module:<12} {created_at:<24} {queued:>10} {ran:>10}  {why}"
+        ));
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
 async fn submit(args: SubmitArgs) -> ExitCode {
     let input = match args.data.as_deref() {
         None | Some("-") => {
@@ -238,7 +441,23 @@ async fn submit(args: SubmitArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return connect_failed(addr, e),
     };
-    let mut job = match client.submit(&args.module, input, bytes::Bytes::new()) {
+    let options = SubmitOptions {
+        detach: args.detach || args.start_later,
+        start_later: args.start_later,
+        timeout_ms: args
+            .timeout
+            .map(|t| u64::try_from(Duration::from_secs_f64(t).as_millis()).unwrap_or(u64::MAX)),
+    };
+    if options.detach {
+        return match client.submit_detached(&args.module, input, options).await {
+            Ok(job) => {
+                print_line(&job.id);
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => client_error(e),
+        };
+    }
+    let mut job = match client.submit_with(&args.module, input, bytes::Bytes::new(), options) {
         Ok(job) => job,
         Err(e) => {
             eprintln!("taskmaster: {e}");

@@ -136,9 +136,9 @@ impl Params {
     fn parse(
         query: Result<Query<Vec<(String, String)>>, QueryRejection>,
         allowed: &[&str],
-    ) -> Result<Params, Response> {
+    ) -> Result<Params, Rejection> {
         let Query(pairs) =
-            query.map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
+            query.map_err(|e| reject(StatusCode::BAD_REQUEST, format!("bad query: {e}")))?;
         let mut map = HashMap::new();
         for (name, value) in pairs {
             if !allowed.contains(&name.as_str()) {
@@ -150,18 +150,18 @@ impl Params {
                         allowed.join(", ")
                     )
                 };
-                return Err(error(StatusCode::BAD_REQUEST, msg));
+                return Err(reject(StatusCode::BAD_REQUEST, msg));
             }
             if map.insert(name.clone(), value).is_some() {
                 let msg = format!("query parameter {name:?} given twice");
-                return Err(error(StatusCode::BAD_REQUEST, msg));
+                return Err(reject(StatusCode::BAD_REQUEST, msg));
             }
         }
         Ok(Params(map))
     }
 
     /// A duration in (fractional) seconds, at most `max`.
-    fn seconds(&self, name: &str, max: f64) -> Result<Option<Duration>, Response> {
+    fn seconds(&self, name: &str, max: f64) -> Result<Option<Duration>, Rejection> {
         let Some(text) = self.0.get(name) else {
             return Ok(None);
         };
@@ -169,18 +169,18 @@ impl Params {
             Ok(v) if v.is_finite() && (0.0..=max).contains(&v) => {
                 Ok(Some(Duration::from_secs_f64(v)))
             }
-            _ => Err(error(
+            _ => Err(reject(
                 StatusCode::BAD_REQUEST,
                 format!("{name}={text:?}: expected seconds between 0 and {max}"),
             )),
         }
     }
 
-    fn boolean(&self, name: &str) -> Result<bool, Response> {
+    fn boolean(&self, name: &str) -> Result<bool, Rejection> {
         match self.0.get(name).map(String::as_str) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(error(
+            Some(other) => Err(reject(
                 StatusCode::BAD_REQUEST,
                 format!("{name}={other:?}: expected true or false"),
             )),
@@ -188,18 +188,26 @@ impl Params {
     }
 }
 
-fn job_number(api: &Api, id: &str) -> Result<u64, Response> {
+fn job_number(api: &Api, id: &str) -> Result<u64, Rejection> {
     api.pool
         .parse_id(id)
-        .map_err(|answer| render(answer, StatusCode::OK))
+        .map_err(|answer| Box::new(render(*answer, StatusCode::OK)))
 }
 
-/// Unwraps a `Result<_, Response>` in a handler.
+/// A request refused before it reaches the pool (boxed: a `Response` is
+/// large and these travel through `Result`s).
+type Rejection = Box<Response>;
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+    Box::new(error(status, message))
+}
+
+/// Unwraps a `Result<_, Rejection>` in a handler.
 macro_rules! tri {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(res) => return res,
+            Err(res) => return *res,
         }
     };
 }
@@ -419,27 +427,24 @@ async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response 
     )
 }
 
-/// axum answers a known route's wrong method with an empty 405 (and an
-/// `Allow` header); the API promises a JSON error body on every failure.
+/// axum answers a known route's wrong method with an empty 405 (its
+/// `Allow` header is added further out); the API promises a JSON error body
+/// on every failure.
 async fn json_errors(res: Response) -> Response {
     if res.status() != StatusCode::METHOD_NOT_ALLOWED
         || res.headers().contains_key(header::CONTENT_TYPE)
     {
         return res;
     }
-    let allow = res.headers().get(header::ALLOW).cloned();
-    let mut out = error(
+    let (parts, _) = res.into_parts();
+    let body = error(
         StatusCode::METHOD_NOT_ALLOWED,
-        match &allow {
-            Some(a) => format!(
-                "method not allowed here (allowed: {})",
-                a.to_str().unwrap_or("?")
-            ),
-            None => "method not allowed here".to_owned(),
-        },
+        "method not allowed on this route (see the Allow header)",
     );
-    if let Some(a) = allow {
-        out.headers_mut().insert(header::ALLOW, a);
-    }
+    let mut out = Response::from_parts(parts, body.into_body());
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     out
 }

@@ -70,7 +70,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("taskmaster");
         let submitted = Counter::default();
-        r.register("jobs_submitted", "Jobs submitted, accepted or refused", submitted.clone());
+        r.register(
+            "jobs_submitted",
+            "Jobs submitted, accepted or refused",
+            submitted.clone(),
+        );
         let finished = Family::<Labels, Counter>::default();
         r.register(
             "jobs_finished",
@@ -78,19 +82,34 @@ impl Metrics {
             finished.clone(),
         );
         let outcome = |o: &'static str| finished.get_or_create(&vec![("outcome", o)]).clone();
-        let (completed, failed, cancelled) = (outcome("completed"), outcome("failed"), outcome("cancelled"));
+        let (completed, failed, cancelled) = (
+            outcome("completed"),
+            outcome("failed"),
+            outcome("cancelled"),
+        );
         let by_reason = Family::<Labels, Counter>::default();
         r.register(
             "jobs_failed",
             "Failure answers by reason word (refusals and cancellations included)",
             by_reason.clone(),
         );
-        let failed_by_reason =
-            Reason::ALL.map(|reason| by_reason.get_or_create(&vec![("reason", reason.as_str())]).clone());
+        let failed_by_reason = Reason::ALL.map(|reason| {
+            by_reason
+                .get_or_create(&vec![("reason", reason.as_str())])
+                .clone()
+        });
         let spawned = Counter::default();
-        r.register("children_spawned", "Child processes spawned", spawned.clone());
+        r.register(
+            "children_spawned",
+            "Child processes spawned",
+            spawned.clone(),
+        );
         let exited = Counter::default();
-        r.register("children_exited", "Child processes exited and reaped", exited.clone());
+        r.register(
+            "children_exited",
+            "Child processes exited and reaped",
+            exited.clone(),
+        );
         let startup_failures = Counter::default();
         r.register(
             "child_startup_failures",
@@ -98,9 +117,17 @@ impl Metrics {
             startup_failures.clone(),
         );
         let queue_wait = Histogram::new(buckets());
-        r.register("job_queue_wait_seconds", "Time from accepted to started", queue_wait.clone());
+        r.register(
+            "job_queue_wait_seconds",
+            "Time from accepted to started",
+            queue_wait.clone(),
+        );
         let run_time = Histogram::new(buckets());
-        r.register("job_run_seconds", "Time from started to finished", run_time.clone());
+        r.register(
+            "job_run_seconds",
+            "Time from started to finished",
+            run_time.clone(),
+        );
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
             r.register(name, help, g.clone());
@@ -119,7 +146,11 @@ impl Metrics {
             kept: gauge("jobs_kept", "Finished jobs kept in the job table"),
             uptime: Gauge::default(),
         };
-        r.register("uptime_seconds", "Seconds since the master started", gauges.uptime.clone());
+        r.register(
+            "uptime_seconds",
+            "Seconds since the master started",
+            gauges.uptime.clone(),
+        );
         Metrics {
             registry: r,
             submitted,
@@ -138,7 +169,10 @@ impl Metrics {
 
     /// Counts a failure answer with `reason`.
     pub fn failure(&self, reason: Reason) {
-        let i = Reason::ALL.iter().position(|&r| r == reason).expect("a reason");
+        let i = Reason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .expect("a reason");
         self.failed_by_reason[i].inc();
         if reason == Reason::Cancelled {
             self.cancelled.inc();

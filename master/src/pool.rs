@@ -177,11 +177,11 @@ impl PoolHandle {
     }
 
     /// The job number in a job id, or the answer for a bad or foreign id.
-    pub fn parse_id(&self, id: &str) -> Result<JobId, Answer> {
+    pub fn parse_id(&self, id: &str) -> Result<JobId, Box<Answer>> {
         match parse_id(id) {
-            Err(e) => Err(Answer::invalid(e.to_string())),
+            Err(e) => Err(Box::new(Answer::invalid(e.to_string()))),
             Ok((instance, job)) if instance == &*self.instance => Ok(job),
-            Ok(_) => Err(Answer::not_found(id)),
+            Ok(_) => Err(Box::new(Answer::not_found(id))),
         }
     }
 
@@ -359,6 +359,11 @@ pub fn start(
         done: Some(done_tx),
     };
     tokio::spawn(async move {
+        if pool.cfg.pool_start == 0 {
+            // Nothing to wait for: ready (for /healthz) at once.
+            pool.ready_logged = true;
+            info!(size = 0, elapsed_ms = 0, "pool ready");
+        }
         pool.replenish();
         pool.run(rx).await;
     });
@@ -460,7 +465,10 @@ impl Pool {
             return Err((Reason::Error, format!("no child can be started: {cause}")));
         }
         if !self.modules.is_empty() && !self.modules.contains(module) {
-            return Err((Reason::UnknownModule, format!("no child runs module {module:?}")));
+            return Err((
+                Reason::UnknownModule,
+                format!("no child runs module {module:?}"),
+            ));
         }
         if self.idle.is_empty() {
             // Each child still starting (or about to be spawned for this
@@ -500,7 +508,10 @@ impl Pool {
             waiter,
         } = s;
         let mut admitted = self.admission(&module);
-        if options.start_later && admitted.is_ok() && self.table.start_later() >= self.cfg.keep_results {
+        if options.start_later
+            && admitted.is_ok()
+            && self.table.start_later() >= self.cfg.keep_results
+        {
             // Held jobs are bounded like kept results, or a client could
             // fill memory with jobs that never run.
             let msg = format!(
@@ -511,7 +522,12 @@ impl Pool {
         }
         if let Err((reason, message)) = admitted {
             if let Some(ack) = ack {
-                let answer = Answer::failed(self.table.id(id), JobStatus::Failed, reason, message.clone());
+                let answer = Answer::failed(
+                    self.table.id(id),
+                    JobStatus::Failed,
+                    reason,
+                    message.clone(),
+                );
                 ack.send(answer);
             }
             if let Some(w) = waiter {
@@ -1150,7 +1166,11 @@ impl Pool {
         if record.status() != JobStatus::StartLater {
             return Answer::conflict(id, record.status());
         }
-        let module = record.parked.as_ref().map(|q| q.module.clone()).unwrap_or_default();
+        let module = record
+            .parked
+            .as_ref()
+            .map(|q| q.module.clone())
+            .unwrap_or_default();
         if let Err((reason, message)) = self.admission(&module) {
             return Answer::failed(id, JobStatus::StartLater, reason, message);
         }
@@ -1183,16 +1203,32 @@ impl Pool {
             JobStatus::StartLater => {
                 let parked = self.table.get_mut(job).and_then(|r| r.parked.take());
                 let reply = parked.map(|q| q.reply);
-                self.finish(job, reply, End::Failed(Reason::Cancelled, "cancelled before it was started".into()));
+                self.finish(
+                    job,
+                    reply,
+                    End::Failed(Reason::Cancelled, "cancelled before it was started".into()),
+                );
             }
             JobStatus::Processing => {
-                let child = child.expect("a processing job has a child");
-                self.end_running(child, job, Reason::Cancelled, "cancelled while processing".into());
+                let Some(child) = child else {
+                    warn!(job, "processing job without a child");
+                    return Answer::conflict(id, status);
+                };
+                self.end_running(
+                    child,
+                    job,
+                    Reason::Cancelled,
+                    "cancelled while processing".into(),
+                );
             }
             _ => {
                 if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
                     let queued = self.queue.remove(pos).expect("position is in range");
-                    self.finish(job, Some(queued.reply), End::Failed(Reason::Cancelled, "cancelled while queued".into()));
+                    self.finish(
+                        job,
+                        Some(queued.reply),
+                        End::Failed(Reason::Cancelled, "cancelled while queued".into()),
+                    );
                 } else if let Some(reply) = self.take_prefetched(job) {
                     // Already written to a busy child's socket: it cannot be
                     // taken back, so the child will run it and its answer is
@@ -1239,7 +1275,11 @@ impl Pool {
         let _ = slot.ctl.send(ChildCtl::Kill);
         self.set_state(child, State::Stopping);
         warn!(pid = %pid, job, %reason, "killing child for its job");
-        self.finish(job, Some(reply), End::Failed(reason, format!("{message}; child {pid} killed")));
+        self.finish(
+            job,
+            Some(reply),
+            End::Failed(reason, format!("{message}; child {pid} killed")),
+        );
     }
 
     fn job_timed_out(&mut self, job: JobId) {

@@ -8,8 +8,8 @@ use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use taskmaster_proto::codec::{self, FrameReader};
 use std::time::Duration;
+use taskmaster_proto::codec::{self, FrameReader};
 use taskmaster_proto::messages::{ClientHello, ToClient, ToMaster, PROTOCOL_VERSION};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
@@ -156,7 +156,7 @@ pub async fn serve(
 async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
     let by_id = |tag: u64, id: &str, op: fn(u64) -> Op| match pool.parse_id(id) {
         Ok(job) => (tag, Ok(op(job))),
-        Err(answer) => (tag, Err(answer)),
+        Err(answer) => (tag, Err(*answer)),
     };
     let (tag, op) = match msg {
         ToMaster::Status { tag, id } => by_id(tag, &id, Op::Status),
@@ -165,19 +165,25 @@ async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
         ToMaster::Result { tag, id, wait_ms } => {
             let wait = Duration::from_millis(wait_ms);
             if wait > MAX_WAIT {
-                let msg = format!("wait of {wait_ms} ms is over the limit of {} s", MAX_WAIT.as_secs());
+                let msg = format!(
+                    "wait of {wait_ms} ms is over the limit of {} s",
+                    MAX_WAIT.as_secs()
+                );
                 return (tag, Some(Answer::invalid(msg)));
             }
             return match pool.parse_id(&id) {
                 Ok(job) => (tag, pool.result(job, wait).await),
-                Err(answer) => (tag, Some(answer)),
+                Err(answer) => (tag, Some(*answer)),
             };
         }
         ToMaster::Jobs { tag, limit, status } => {
-            let status = match status.as_str() {
-                "" => Ok(None),
-                word => word.parse().map(Some).map_err(|e: taskmaster_proto::jobs::UnknownStatus| Answer::invalid(e.to_string())),
-            };
+            let status =
+                match status.as_str() {
+                    "" => Ok(None),
+                    word => word.parse().map(Some).map_err(
+                        |e: taskmaster_proto::jobs::UnknownStatus| Answer::invalid(e.to_string()),
+                    ),
+                };
             let limit = (limit as usize).min(MAX_LIST);
             (tag, status.map(|status| Op::List { limit, status }))
         }

@@ -123,7 +123,13 @@ impl JobTable {
     }
 
     /// Records a job just accepted.
-    pub fn insert(&mut self, job: JobId, module: String, status: JobStatus, timeout: Option<Duration>) {
+    pub fn insert(
+        &mut self,
+        job: JobId,
+        module: String,
+        status: JobStatus,
+        timeout: Option<Duration>,
+    ) {
         if status == JobStatus::StartLater {
             self.start_later += 1;
         }

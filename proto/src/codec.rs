@@ -340,13 +340,19 @@ mod tests {
         });
         roundtrip(ToMaster::Stats { tag: 3 });
         let id = "0123456789ab-7".to_owned();
-        roundtrip(ToMaster::Status { tag: 4, id: id.clone() });
+        roundtrip(ToMaster::Status {
+            tag: 4,
+            id: id.clone(),
+        });
         roundtrip(ToMaster::Result {
             tag: 5,
             id: id.clone(),
             wait_ms: 250,
         });
-        roundtrip(ToMaster::Start { tag: 6, id: id.clone() });
+        roundtrip(ToMaster::Start {
+            tag: 6,
+            id: id.clone(),
+        });
         roundtrip(ToMaster::Cancel { tag: 7, id });
         roundtrip(ToMaster::Jobs {
             tag: 8,

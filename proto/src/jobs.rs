@@ -63,7 +63,7 @@ impl JobStatus {
 
 impl fmt::Display for JobStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -102,8 +102,7 @@ pub fn parse_id(id: &str) -> Result<(&str, u64), BadId> {
     if instance.len() != INSTANCE_LEN || !instance.chars().all(hex) {
         return Err(bad());
     }
-    if number.is_empty() || number.starts_with('0') || !number.bytes().all(|b| b.is_ascii_digit())
-    {
+    if number.is_empty() || number.starts_with('0') || !number.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let job = number.parse::<u64>().map_err(|_| bad())?;

@@ -44,7 +44,7 @@ pub mod stats;
 pub use client::{
     Client, ClientError, Completed, JobEvent, JobFailure, JobHandle, JobResult, Reply,
 };
-pub use messages::{PROTOCOL_VERSION, SECRET_LEN};
 pub use jobs::{JobStatus, Outcome, SubmitOptions};
+pub use messages::{PROTOCOL_VERSION, SECRET_LEN};
 pub use reason::Reason;
 pub use stats::Stats;
