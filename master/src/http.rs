@@ -99,14 +99,14 @@ fn render(answer: Answer, ok: StatusCode) -> Response {
         (Outcome::Failed, Body::Failure(f)) => failure_status(f.reason),
         (Outcome::Failed, _) => StatusCode::BAD_GATEWAY,
     };
-    if let (Some(output), Body::View(view)) = (&answer.output, &answer.body) {
+    if let (Some(output), Body::Ref(job)) = (&answer.output, &answer.body) {
         let res = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
             output.clone(),
         )
             .into_response();
-        return with_job_id(res, &view.id);
+        return with_job_id(res, &job.id);
     }
     let mut res = json(status, &answer.body);
     if let Body::Failure(f) = &answer.body {

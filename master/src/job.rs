@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 /// The master's job number (the id's part after the instance prefix).
 pub type JobId = u64;
 
+/// Most JSON bytes in one socket `Reply`: well inside the codec's header
+/// limit, which the JSON shares with the frame's other fields.
+pub const MAX_REPLY_JSON: usize = 60 * 1024;
+
 /// One message for a client connection's writer. The permit travels with a
 /// job's final answer: the connection's reader may only take another job
 /// once the answer is written, which bounds what a client that never reads
@@ -261,13 +265,67 @@ impl Answer {
         serde_json::to_string(&self.body).expect("answer bodies serialize")
     }
 
-    /// The socket frame for this answer.
+    /// The socket frame for this answer. The JSON travels in the frame's
+    /// header, which is bounded (`codec::HEADER_LIMIT`): a job list keeps
+    /// only as many of the newest jobs as fit.
     pub fn into_frame(self, tag: u64) -> ToClient {
+        let json = match self.body {
+            Body::List(mut list) => {
+                let mut size = r#"{"jobs":[]}"#.len();
+                let fits = list
+                    .jobs
+                    .iter()
+                    .take_while(|view| {
+                        size += serde_json::to_string(view).map_or(usize::MAX / 2, |j| j.len() + 1);
+                        size <= MAX_REPLY_JSON
+                    })
+                    .count();
+                list.jobs.truncate(fits);
+                serde_json::to_string(&list).expect("lists serialize")
+            }
+            ref body => serde_json::to_string(body).expect("answer bodies serialize"),
+        };
         ToClient::Reply {
             tag,
             outcome: self.outcome,
-            json: self.json(),
+            json,
             output: self.output.unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_job_lists_are_cut_to_fit_a_frame() {
+        let view = |n: usize| JobView {
+            id: format!("0123456789ab-{n}"),
+            module: "echo".into(),
+            status: JobStatus::Failed,
+            reason: Some(Reason::Failed),
+            message: Some("m".repeat(2000)),
+            created_at: "2026-11-23T10:00:00.000Z".into(),
+            started_at: None,
+            finished_at: None,
+        };
+        let list = JobList {
+            jobs: (1..=100).map(view).collect(),
+        };
+        let ToClient::Reply { json, .. } = Answer::ok(Body::List(list)).into_frame(1) else {
+            panic!("a reply");
+        };
+        assert!(json.len() <= MAX_REPLY_JSON);
+        let back: JobList = serde_json::from_str(&json).unwrap();
+        assert!(back.jobs.len() > 20 && back.jobs.len() < 100);
+        assert_eq!(back.jobs[0].id, "0123456789ab-1", "the newest stay");
+        let frame = taskmaster_proto::codec::to_frame(&ToClient::Reply {
+            tag: 1,
+            outcome: Outcome::Ok,
+            json,
+            output: Bytes::new(),
+        });
+        assert!(frame.is_ok());
     }
 }

@@ -339,7 +339,10 @@ fn result_answer(id: String, r: &Record) -> Answer {
     match (&r.output, &r.failure) {
         (Some(output), _) => Answer {
             output: Some(output.clone()),
-            ..Answer::ok(Body::View(view(id, r)))
+            ..Answer::ok(Body::Ref(JobRef {
+                id,
+                status: r.status,
+            }))
         },
         (None, Some((reason, message))) => Answer::failed(id, r.status, *reason, message.clone()),
         (None, None) => Answer::conflict(id, r.status),

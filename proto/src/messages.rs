@@ -271,7 +271,7 @@ pub enum ToClient {
     Failed {
         /// The submit's tag.
         tag: u64,
-        /// The master's job id (0 when refused before one was given).
+        /// The master's job number (refused jobs get one too).
         job: u64,
         /// The reason word.
         reason: Reason,

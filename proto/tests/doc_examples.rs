@@ -1,0 +1,392 @@
+//! Checks the worked hex examples of `docs/protocol.md` (section 4) against
+//! the real encoder. Clients in other languages are written from that page
+//! alone, so a wire change that is not carried into its examples must fail
+//! the build rather than mislead them.
+//!
+//! Each example is a `### TITLE (N bytes)` heading followed by one ```text
+//! block. On every line of the block the leading two-digit hex tokens are
+//! the bytes; the rest of the line is a comment. A block may hold several
+//! frames back to back; they are split by their length prefixes. Every
+//! example in the section must be listed here, and every one listed here
+//! must be in the section, so none goes unchecked.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use taskmaster_proto::codec::to_frame;
+use taskmaster_proto::jobs::{JobRef, JobStatus, JobView, Outcome, SubmitOptions};
+use taskmaster_proto::messages::{
+    ClientHello, FromHandler, HandlerHello, Hello, Message, ToClient, ToHandler, ToMaster,
+};
+use taskmaster_proto::reason::Reason;
+
+/// The instance prefix every example uses.
+const INSTANCE: &str = "3f9a0c12b7e4";
+
+/// One example as the document gives it.
+struct Example {
+    /// The byte count the heading announces.
+    declared: usize,
+    /// The bytes of its block, prefixes included.
+    bytes: Vec<u8>,
+}
+
+/// The text of section 4, between its heading and the next `## `.
+fn section_4(doc: &str) -> &str {
+    let start = doc
+        .find("\n## 4. Worked hex examples")
+        .expect("docs/protocol.md has no section 4");
+    let rest = &doc[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+/// The bytes at the start of one line: tokens of exactly two lowercase hex
+/// digits, up to the first token that is not one (the comment).
+fn line_bytes(line: &str) -> Vec<u8> {
+    line.split_whitespace()
+        .map_while(|tok| {
+            let hex = tok.len() == 2
+                && tok
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            hex.then(|| u8::from_str_radix(tok, 16).expect("two hex digits"))
+        })
+        .collect()
+}
+
+/// Every example of section 4, by heading title (without the byte count).
+fn parse_examples(section: &str) -> BTreeMap<String, Example> {
+    let mut out = BTreeMap::new();
+    let mut title: Option<(String, usize)> = None;
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            let (name, count) = heading
+                .strip_suffix(" bytes)")
+                .and_then(|h| h.rsplit_once(" ("))
+                .unwrap_or_else(|| panic!("heading {heading:?} does not end in (N bytes)"));
+            let declared = count
+                .parse()
+                .unwrap_or_else(|_| panic!("bad byte count in heading {heading:?}"));
+            title = Some((name.to_owned(), declared));
+        } else if line.trim_end() == "```text" {
+            let (name, declared) = title
+                .take()
+                .unwrap_or_else(|| panic!("a hex block without its own heading: {line:?}"));
+            let mut bytes = Vec::new();
+            for body in lines.by_ref() {
+                if body.trim_end() == "```" {
+                    break;
+                }
+                bytes.extend(line_bytes(body));
+            }
+            let dup = out.insert(name.clone(), Example { declared, bytes });
+            assert!(dup.is_none(), "two examples titled {name:?}");
+        }
+    }
+    out
+}
+
+/// Splits a run of frames by their 4-byte big-endian length prefixes.
+fn split_frames(name: &str, mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 4, "{name}: a frame shorter than its prefix");
+        let len = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        assert!(
+            bytes.len() >= 4 + len,
+            "{name}: prefix says {len} bytes, only {} follow",
+            bytes.len() - 4
+        );
+        frames.push(bytes[..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    frames
+}
+
+fn frame<M: Message>(msg: M) -> Vec<u8> {
+    to_frame(&msg).expect("the example encodes").to_vec()
+}
+
+fn id(job: u64) -> String {
+    format!("{INSTANCE}-{job}")
+}
+
+/// The `Reply` JSON comes from the real types, so the document's JSON is
+/// also what serde makes of them (field order, omitted fields).
+fn json<T: serde::Serialize>(body: &T) -> String {
+    serde_json::to_string(body).expect("JSON encodes")
+}
+
+/// What each example shows, by title.
+fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let completed_17 = JobRef {
+        id: id(17),
+        status: JobStatus::Completed,
+    };
+    vec![
+        (
+            "Client hello, token None",
+            vec![frame(Hello::Client(ClientHello {
+                version: 2,
+                token: None,
+            }))],
+        ),
+        (
+            "Client hello, token Some(\"abc\")",
+            vec![frame(Hello::Client(ClientHello {
+                version: 2,
+                token: Some("abc".into()),
+            }))],
+        ),
+        (
+            "Welcome: max_payload 16 MiB, instance \"3f9a0c12b7e4\"",
+            vec![frame(ToClient::Welcome {
+                version: 2,
+                max_payload: 16 * 1024 * 1024,
+                instance: INSTANCE.into(),
+            })],
+        ),
+        (
+            "Refused: message \"no\"",
+            vec![frame(ToClient::Refused {
+                message: "no".into(),
+            })],
+        ),
+        (
+            "Submit: tag 1, module \"echo\", empty context, default options, input \"hi\"",
+            vec![frame(ToMaster::Submit {
+                tag: 1,
+                module: "echo".into(),
+                context: Bytes::new(),
+                options: SubmitOptions::default(),
+                input: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Part: tag 1, data \"1\\n\"",
+            vec![frame(ToClient::Part {
+                tag: 1,
+                data: Bytes::from_static(b"1\n"),
+            })],
+        ),
+        (
+            "Completed: tag 1, job 17, empty context, output \"hi\"",
+            vec![frame(ToClient::Completed {
+                tag: 1,
+                job: 17,
+                context: Bytes::new(),
+                output: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Failed: tag 4, job 19, overload, message \"busy\", empty context",
+            vec![frame(ToClient::Failed {
+                tag: 4,
+                job: 19,
+                reason: Reason::Overload,
+                message: "busy".into(),
+                context: Bytes::new(),
+            })],
+        ),
+        (
+            "Stats request: tag 2",
+            vec![frame(ToMaster::Stats { tag: 2 })],
+        ),
+        (
+            "Stats answer: tag 2, json \"{}\"",
+            vec![frame(ToClient::Stats {
+                tag: 2,
+                json: "{}".into(),
+            })],
+        ),
+        (
+            "Submit: tag 2, start later, time limit 1.5 s, input \"hi\"",
+            vec![frame(ToMaster::Submit {
+                tag: 2,
+                module: "echo".into(),
+                context: Bytes::new(),
+                options: SubmitOptions {
+                    detach: true,
+                    start_later: true,
+                    timeout_ms: Some(1500),
+                },
+                input: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Reply to that submit: Ok, JobRef",
+            vec![frame(ToClient::Reply {
+                tag: 2,
+                outcome: Outcome::Ok,
+                json: json(&JobRef {
+                    id: id(18),
+                    status: JobStatus::StartLater,
+                }),
+                output: Bytes::new(),
+            })],
+        ),
+        (
+            "Status request: tag 3, id \"3f9a0c12b7e4-17\"",
+            vec![frame(ToMaster::Status { tag: 3, id: id(17) })],
+        ),
+        (
+            "Reply to the Status request: Ok, JobView",
+            vec![frame(ToClient::Reply {
+                tag: 3,
+                outcome: Outcome::Ok,
+                json: json(&JobView {
+                    id: id(17),
+                    module: "echo".into(),
+                    status: JobStatus::Completed,
+                    reason: None,
+                    message: None,
+                    created_at: "2026-11-23T10:00:00.123Z".into(),
+                    started_at: Some("2026-11-23T10:00:00.125Z".into()),
+                    finished_at: Some("2026-11-23T10:00:00.127Z".into()),
+                }),
+                output: Bytes::new(),
+            })],
+        ),
+        (
+            "Result request: tag 5, wait up to 2 s",
+            vec![frame(ToMaster::Result {
+                tag: 5,
+                id: id(17),
+                wait_ms: 2000,
+            })],
+        ),
+        (
+            "Reply to the Result request: Ok, output \"hi\"",
+            vec![frame(ToClient::Reply {
+                tag: 5,
+                outcome: Outcome::Ok,
+                json: json(&completed_17),
+                output: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Start request: tag 6, id \"3f9a0c12b7e4-18\"",
+            vec![frame(ToMaster::Start { tag: 6, id: id(18) })],
+        ),
+        (
+            "Cancel request: tag 7, id \"3f9a0c12b7e4-17\"",
+            vec![frame(ToMaster::Cancel { tag: 7, id: id(17) })],
+        ),
+        (
+            "Reply to the Cancel request: Conflict, the job has completed",
+            vec![frame(ToClient::Reply {
+                tag: 7,
+                outcome: Outcome::Conflict,
+                json: json(&completed_17),
+                output: Bytes::new(),
+            })],
+        ),
+        (
+            "Jobs request: tag 8, limit 100, status \"failed\"",
+            vec![frame(ToMaster::Jobs {
+                tag: 8,
+                limit: 100,
+                status: "failed".into(),
+            })],
+        ),
+        (
+            "Handler hello: child_id 3, pid 0x1234, secret 32 × ab, modules [\"echo\", \"pid\"]",
+            vec![frame(Hello::Handler(HandlerHello {
+                version: 2,
+                child_id: 3,
+                pid: 0x1234,
+                secret: [0xab; 32],
+                modules: vec!["echo".into(), "pid".into()],
+            }))],
+        ),
+        (
+            "Job: job 1, module \"echo\", input \"hi\"",
+            vec![frame(ToHandler::Job {
+                job: 1,
+                module: "echo".into(),
+                input: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Handler part: job 1, data \"1\\n\"",
+            vec![frame(FromHandler::Part {
+                job: 1,
+                data: Bytes::from_static(b"1\n"),
+            })],
+        ),
+        (
+            "Done: job 1, retire false, output \"hi\"",
+            vec![frame(FromHandler::Done {
+                job: 1,
+                retire: false,
+                output: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Handler failed: job 1, reason failed, message \"boom\", retire true",
+            vec![frame(FromHandler::Failed {
+                job: 1,
+                reason: Reason::Failed,
+                message: "boom".into(),
+                retire: true,
+            })],
+        ),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn worked_examples_match_the_encoder() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/protocol.md");
+    let mut examples = parse_examples(section_4(&doc));
+    for (title, want) in expected() {
+        let example = examples
+            .remove(title)
+            .unwrap_or_else(|| panic!("docs/protocol.md has no example {title:?}"));
+        let frames = split_frames(title, &example.bytes);
+        assert_eq!(
+            frames.len(),
+            want.len(),
+            "{title}: {} frames in the document, {} expected",
+            frames.len(),
+            want.len()
+        );
+        for (got, want) in frames.iter().zip(&want) {
+            assert_eq!(
+                hex(got),
+                hex(want),
+                "{title}: the document (left) differs from the encoder (right)"
+            );
+        }
+        assert_eq!(
+            example.declared,
+            example.bytes.len(),
+            "{title}: the heading's byte count is wrong"
+        );
+    }
+    assert!(
+        examples.is_empty(),
+        "examples in docs/protocol.md that this test does not check: {:?}",
+        examples.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_document_states_the_current_version() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/protocol.md");
+    let want = format!(
+        "Protocol version: **{}**",
+        taskmaster_proto::PROTOCOL_VERSION
+    );
+    assert!(doc.contains(&want), "docs/protocol.md lacks {want:?}");
+}
