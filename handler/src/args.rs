@@ -11,15 +11,21 @@ pub(crate) struct Args {
     pub child_id: u64,
     pub master_pid: i32,
     pub max_payload: usize,
+    /// Open-file limit to set on itself (`None`: inherit).
+    pub nofile: Option<u64>,
+    /// Core-file size limit to set on itself (`None`: inherit).
+    pub core: Option<u64>,
 }
 
 const USAGE: &str = "taskmaster-handler is started by the taskmaster master \
-(usage: --connect ADDR --child-id N --master-pid PID [--max-payload BYTES], secret on stdin)";
+(usage: --connect ADDR --child-id N --master-pid PID [--max-payload BYTES] \
+[--nofile N] [--core BYTES], secret on stdin)";
 
 impl Args {
     pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         let (mut connect, mut child_id, mut master_pid) = (None, None, None);
         let mut max_payload = DEFAULT_MAX_PAYLOAD;
+        let (mut nofile, mut core) = (None, None);
         while let Some(flag) = argv.next() {
             let value = argv
                 .next()
@@ -34,6 +40,8 @@ impl Args {
                 "--child-id" => child_id = Some(number()?),
                 "--master-pid" => master_pid = Some(number()? as i32),
                 "--max-payload" => max_payload = number()? as usize,
+                "--nofile" => nofile = Some(number()?),
+                "--core" => core = Some(number()?),
                 _ => return Err(format!("unknown flag {flag:?}; {USAGE}")),
             }
         }
@@ -43,6 +51,8 @@ impl Args {
                 child_id,
                 master_pid,
                 max_payload,
+                nofile,
+                core,
             }),
             _ => Err(USAGE.to_owned()),
         }

@@ -155,6 +155,18 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
     // before prctl, only getppid() can tell.
     lifeline::die_with_parent(args.master_pid).map_err(|_| HandlerError::Orphaned)?;
     let secret = args::read_secret(io::stdin().lock()).map_err(HandlerError::Secret)?;
+    // Limits the master asked for, set before any module code runs (a
+    // module cannot have raised them first).
+    use nix::sys::resource::{setrlimit, Resource};
+    for (resource, limit) in [
+        (Resource::RLIMIT_NOFILE, args.nofile),
+        (Resource::RLIMIT_CORE, args.core),
+    ] {
+        if let Some(limit) = limit {
+            setrlimit(resource, limit, limit)
+                .map_err(|e| HandlerError::Usage(format!("setrlimit {resource:?} {limit}: {e}")))?;
+        }
+    }
 
     let mut table: HashMap<String, Box<dyn Module>> = HashMap::with_capacity(modules.len());
     for mut module in modules {

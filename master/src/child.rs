@@ -32,6 +32,8 @@ use tracing::{debug, warn};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After SIGTERM, how long a child may take to exit before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// After the SIGTERM of a timed-out job's child, how long before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 /// After the child's connection closes, how long its process may take to
 /// exit before SIGKILL (its exit status names the cause of a failed job).
 const EXIT_WAIT: Duration = Duration::from_secs(1);
@@ -68,6 +70,9 @@ pub enum ChildCtl {
     Stop,
     /// SIGKILL now.
     Kill,
+    /// SIGTERM now, SIGKILL after a short grace (a timed-out job's child:
+    /// it may clean up, but not hang on).
+    Terminate,
 }
 
 /// How a child process ended.
@@ -138,6 +143,14 @@ pub struct ProcessLauncher {
     pub connect: SocketAddr,
     /// Payload limit, passed on so children refuse oversized output cleanly.
     pub max_payload: usize,
+    /// User and group ids to run children as (dropped before exec).
+    pub uid: Option<u32>,
+    /// Group id to run children as.
+    pub gid: Option<u32>,
+    /// Open-file limit for children.
+    pub nofile: Option<u64>,
+    /// Core-file size limit for children (0: no core dumps).
+    pub core: Option<u64>,
 }
 
 impl Launcher for ProcessLauncher {
@@ -162,6 +175,18 @@ impl Launcher for ProcessLauncher {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .process_group(0);
+        if let Some(gid) = self.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = self.uid {
+            cmd.uid(uid);
+        }
+        if let Some(n) = self.nofile {
+            cmd.arg("--nofile").arg(n.to_string());
+        }
+        if let Some(n) = self.core {
+            cmd.arg("--core").arg(n.to_string());
+        }
         // Spawn here, on the runtime's thread (the master's main thread, which
         // lives as long as the master): the child's death signal is tied to
         // the forking thread, so never fork from a short-lived blocking thread.
@@ -316,8 +341,18 @@ async fn serve(
                             stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
                         }
                         Some(ChildCtl::Kill) => proc.kill(),
+                        Some(ChildCtl::Terminate) => {
+                            stopping = true;
+                            proc.signal(Signal::SIGTERM);
+                            stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
+                        }
                         _ => {}
                     }
+                }
+                Some(ChildCtl::Terminate) => {
+                    stopping = true;
+                    proc.signal(Signal::SIGTERM);
+                    stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
                 }
                 Some(ChildCtl::Stop) if !stopping => {
                     stopping = true;

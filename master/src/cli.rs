@@ -52,6 +52,9 @@ pub enum Command {
     Cancel(IdArgs),
     /// List recent jobs, newest first.
     Jobs(JobsArgs),
+    /// Print lifecycle events as they happen (`NAME JSON` per line) until
+    /// interrupted.
+    Events(EventsArgs),
     /// Load-test a running master (jobs/s, latency percentiles).
     Bench(crate::bench::BenchArgs),
 }
@@ -138,6 +141,62 @@ pub struct ServeArgs {
         value_name = "BYTES"
     )]
     pub keep_results_bytes: usize,
+    /// Jobs after which a child is retired (after its job) and replaced
+    /// (0: no limit).
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_JOBS_PER_CHILD",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_jobs_per_child: u64,
+    /// Up to N jobs added at random to each child's --max-jobs-per-child,
+    /// so children do not all retire at once.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_JOBS_JITTER",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_jobs_jitter: u64,
+    /// Resident memory (MiB) past which a child is retired between jobs
+    /// (0: no limit).
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_CHILD_RSS",
+        default_value_t = 0,
+        value_name = "MB"
+    )]
+    pub max_child_rss: u64,
+    /// Seconds a child above --pool-start may stay idle before it is
+    /// stopped.
+    #[arg(long, env = "TASKMASTER_IDLE_TIMEOUT", default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub idle_timeout: f64,
+    /// Child deaths (start-up failures or deaths while idle) within
+    /// --breaker-window that trip the crash-loop breaker.
+    #[arg(
+        long,
+        env = "TASKMASTER_BREAKER_DEATHS",
+        default_value_t = 5,
+        value_name = "N"
+    )]
+    pub breaker_deaths: u32,
+    /// The crash-loop breaker's window, in seconds.
+    #[arg(long, env = "TASKMASTER_BREAKER_WINDOW", default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub breaker_window: f64,
+    /// Run children as this user (name or uid; the master must be allowed
+    /// to switch to it, i.e. run as root).
+    #[arg(long, env = "TASKMASTER_CHILD_USER", value_name = "USER")]
+    pub child_user: Option<String>,
+    /// Run children with this group (name or gid).
+    #[arg(long, env = "TASKMASTER_CHILD_GROUP", value_name = "GROUP")]
+    pub child_group: Option<String>,
+    /// Open-file limit (RLIMIT_NOFILE) of each child (default: inherited).
+    #[arg(long, env = "TASKMASTER_CHILD_NOFILE", value_name = "N")]
+    pub child_nofile: Option<u64>,
+    /// Let children write core dumps (by default their core size limit is 0).
+    #[arg(long, env = "TASKMASTER_CHILD_CORE_DUMPS")]
+    pub child_core_dumps: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -169,6 +228,16 @@ impl ServeArgs {
             keep_results: self.keep_results,
             result_ttl: Duration::from_secs_f64(self.result_ttl),
             keep_results_bytes: self.keep_results_bytes,
+            max_jobs_per_child: self.max_jobs_per_child,
+            max_jobs_jitter: self.max_jobs_jitter,
+            max_child_rss: (self.max_child_rss > 0).then(|| self.max_child_rss * 1024 * 1024),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+            breaker_deaths: self.breaker_deaths,
+            breaker_window: Duration::from_secs_f64(self.breaker_window),
+            child_user: self.child_user.clone(),
+            child_group: self.child_group.clone(),
+            child_nofile: self.child_nofile,
+            child_core_dumps: self.child_core_dumps,
         }
     }
 }
@@ -228,6 +297,16 @@ pub struct ResultArgs {
     pub wait: f64,
     /// The job id.
     pub id: String,
+}
+
+/// `taskmaster events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    conn: ConnectArgs,
+    /// Only this job's events.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
 }
 
 /// `taskmaster jobs`.
@@ -293,6 +372,24 @@ pub async fn run_client(command: Command) -> ExitCode {
                 let job = c.cancel(&args.id).await?;
                 print_line(&format!("{} {}", job.id, job.status));
                 Ok(ExitCode::from(EXIT_OK))
+            })
+            .await
+        }
+        Command::Events(args) => {
+            let addr = args.conn.connect.clone();
+            with_client(&addr, |c| async move {
+                let mut events = c.events(args.job.as_deref())?;
+                while let Some((name, json)) = events.recv().await {
+                    let mut out = std::io::stdout().lock();
+                    if writeln!(out, "{name} {json}")
+                        .and_then(|_| out.flush())
+                        .is_err()
+                    {
+                        // The reader went away (`| head`): done.
+                        return Ok(ExitCode::from(EXIT_OK));
+                    }
+                }
+                Err(ClientError::Disconnected)
             })
             .await
         }

@@ -31,6 +31,61 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Response bytes kept in the job table in all.
     pub keep_results_bytes: usize,
+    /// Jobs after which a child is retired and replaced (0: no limit).
+    pub max_jobs_per_child: u64,
+    /// Up to this many jobs added at random to each child's limit, so
+    /// children do not all retire at once.
+    pub max_jobs_jitter: u64,
+    /// Resident memory after which a child is retired between jobs.
+    pub max_child_rss: Option<u64>,
+    /// How long a child above `pool-start` may stay idle.
+    pub idle_timeout: Duration,
+    /// Child deaths (start-up failures, deaths while idle) within
+    /// `breaker_window` that trip the crash-loop breaker.
+    pub breaker_deaths: u32,
+    /// The breaker's window.
+    pub breaker_window: Duration,
+    /// User to run children as (name or uid).
+    pub child_user: Option<String>,
+    /// Group to run children as (name or gid).
+    pub child_group: Option<String>,
+    /// Open-file limit for children.
+    pub child_nofile: Option<u64>,
+    /// Let children write core dumps (off: core size limit 0).
+    pub child_core_dumps: bool,
+}
+
+/// A user or group name (or number) resolved to its id.
+pub fn resolve_ids(cfg: &Config) -> Result<(Option<u32>, Option<u32>), ConfigError> {
+    use nix::unistd::{Group, User};
+    let bad = |what: &str, name: &str, why: String| ConfigError::Identity {
+        what: what.to_owned(),
+        name: name.to_owned(),
+        why,
+    };
+    let uid = match &cfg.child_user {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => User::from_name(name)
+                .map_err(|e| bad("user", name, e.to_string()))?
+                .ok_or_else(|| bad("user", name, "no such user".into()))?
+                .uid
+                .as_raw(),
+        }),
+    };
+    let gid = match &cfg.child_group {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => Group::from_name(name)
+                .map_err(|e| bad("group", name, e.to_string()))?
+                .ok_or_else(|| bad("group", name, "no such group".into()))?
+                .gid
+                .as_raw(),
+        }),
+    };
+    Ok((uid, gid))
 }
 
 /// A setting that cannot work.
@@ -66,6 +121,19 @@ pub enum ConfigError {
     /// `--prefetch` out of range.
     #[error("--prefetch must be between 1 and 1024, got {0}")]
     Prefetch(usize),
+    /// `--child-user` or `--child-group` names nobody.
+    #[error("--child-{what} {name}: {why}")]
+    Identity {
+        /// `user` or `group`.
+        what: String,
+        /// As given.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `--breaker-deaths 0`.
+    #[error("--breaker-deaths must be at least 1")]
+    Breaker,
     /// `--max-payload` out of range.
     #[error("--max-payload must be between 1 KiB and 1 GiB, got {0}")]
     MaxPayload(usize),
@@ -86,9 +154,13 @@ impl Config {
         if !(1..=1024).contains(&self.prefetch) {
             return Err(ConfigError::Prefetch(self.prefetch));
         }
+        if self.breaker_deaths == 0 {
+            return Err(ConfigError::Breaker);
+        }
         if !(1024..=1 << 30).contains(&self.max_payload) {
             return Err(ConfigError::MaxPayload(self.max_payload));
         }
+        resolve_ids(self)?;
         check_executable(&self.handler)
     }
 }

@@ -49,6 +49,7 @@ pub fn router(pool: PoolHandle, metrics: Arc<Metrics>, max_payload: usize) -> Ro
         .route("/stats", get(stats))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
+        .route("/events", get(events))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(max_payload))
         .layer(middleware::map_response(json_errors))
@@ -418,6 +419,43 @@ async fn healthz(State(api): ApiState) -> Response {
         }
     };
     json(code, &HealthBody { status, message })
+}
+
+/// `GET /events[?job=ID]`: lifecycle events as server-sent events, from
+/// now on. A subscriber that falls behind gets a comment saying how many
+/// events it missed.
+async fn events(
+    State(api): ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let params = tri!(Params::parse(query, &["job"]));
+    let job = params.0.get("job").cloned();
+    if let Some(id) = &job {
+        tri!(job_number(&api, id));
+    }
+    let rx = api.pool.subscribe();
+    let stream = futures_util::stream::unfold((rx, job), |(mut rx, job)| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    let note = SseEvent::default().comment(format!("missed {n} events"));
+                    return Some((Ok::<_, std::convert::Infallible>(note), (rx, job)));
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            if job.is_some() && event.job != job {
+                continue;
+            }
+            let sse = SseEvent::default().event(event.name).data(event.json());
+            return Some((Ok(sse), (rx, job)));
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -15,12 +15,14 @@
 //! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
 //! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`events`]: lifecycle events for `GET /events` and `taskmaster events`.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
 
 pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod job;
 pub mod listener;

@@ -12,6 +12,7 @@
 
 use crate::child::{ChildConn, ChildCtl, ExitInfo};
 use crate::config::Config;
+use crate::events::{Event, Events};
 use crate::job::{Answer, Body, JobId, Op, Queued, Reply, Submission};
 use crate::metrics::Metrics;
 use crate::table::{End, JobTable, Limits};
@@ -33,9 +34,6 @@ use tracing::{debug, error, info, warn};
 /// The master's id for a child (not its pid, which the OS may reuse).
 pub type ChildId = u64;
 
-/// Start-up failures in a row after which jobs fail `error` at once instead
-/// of waiting for a child that may never come.
-const FAILURES_BEFORE_BROKEN: u32 = 3;
 /// First respawn delay after a start-up failure; doubles each time.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest respawn delay: a broken handler is retried this often, forever,
@@ -131,6 +129,8 @@ pub enum PoolCmd {
     Respawn,
     /// SIGTERM/SIGINT (a second one stops at once).
     Shutdown,
+    /// SIGHUP: replace every child, one at a time.
+    Restart,
     /// The shutdown grace period is over.
     GraceExpired,
 }
@@ -153,6 +153,7 @@ pub enum Health {
 pub struct PoolHandle {
     tx: mpsc::UnboundedSender<PoolCmd>,
     instance: Arc<str>,
+    events: Events,
 }
 
 impl PoolHandle {
@@ -171,6 +172,16 @@ impl PoolHandle {
         self.send(PoolCmd::Stats(tx));
         rx.await.ok()
     }
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    /// Replaces every child with a fresh one, one at a time (SIGHUP).
+    pub fn restart(&self) {
+        self.send(PoolCmd::Restart);
+    }
+
     /// This master run's job-id prefix.
     pub fn instance(&self) -> &str {
         &self.instance
@@ -251,6 +262,16 @@ struct Slot {
     jobs: VecDeque<Held>,
     /// Why the master killed it, for the message of the job it held.
     kill_cause: Option<String>,
+    /// The restart generation it was spawned in (SIGHUP bumps the pool's).
+    generation: u64,
+    /// Jobs it has finished.
+    jobs_done: u64,
+    /// Jobs after which it is retired (0: no limit).
+    job_limit: u64,
+    /// Retire it as soon as it holds no job (rolling restart).
+    retire_when_free: bool,
+    /// Since when it has been idle.
+    idle_since: Instant,
 }
 
 /// A job sent to a child.
@@ -298,6 +319,17 @@ struct Pool {
     metrics: Arc<Metrics>,
     /// Time limits of running jobs.
     timers: DelayQueue<JobId>,
+    /// When to look for children idle past `--idle-timeout` (one deadline
+    /// for the pool, not a timer per child: becoming idle costs nothing).
+    idle_check: Option<Instant>,
+    /// When children died unexpectedly (start-up failures, deaths while
+    /// idle), within the breaker window.
+    deaths: VecDeque<Instant>,
+    /// The restart generation; children of older ones are replaced.
+    generation: u64,
+    /// The fresh child a rolling restart is waiting for.
+    rolling: Option<ChildId>,
+    events: Events,
     /// Module names the children run (all run the same handler program).
     modules: HashSet<String>,
     counters: Counters,
@@ -323,9 +355,11 @@ pub fn start(
 ) -> (PoolHandle, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
+    let events = Events::new();
     let handle = PoolHandle {
         tx,
         instance: instance.clone(),
+        events: events.clone(),
     };
     let limits = Limits {
         keep: cfg.keep_results,
@@ -347,6 +381,11 @@ pub fn start(
         table: JobTable::new(instance, limits),
         metrics,
         timers: DelayQueue::new(),
+        idle_check: None,
+        deaths: VecDeque::new(),
+        generation: 0,
+        rolling: None,
+        events,
         modules: HashSet::new(),
         counters: Counters::default(),
         started_at: Instant::now(),
@@ -372,8 +411,22 @@ pub fn start(
 
 impl Pool {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<PoolCmd>) {
+        let idle_sleep = tokio::time::sleep(Duration::from_secs(86_400));
+        tokio::pin!(idle_sleep);
+        let mut armed: Option<Instant> = None;
         loop {
+            if self.idle_check != armed {
+                armed = self.idle_check;
+                if let Some(at) = armed {
+                    idle_sleep.as_mut().reset(at);
+                }
+            }
             let cmd = tokio::select! {
+                () = &mut idle_sleep, if armed.is_some() => {
+                    self.idle_check = None;
+                    self.shrink_idle();
+                    continue;
+                }
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
                     None => return,
@@ -399,9 +452,11 @@ impl Pool {
                     self.replenish();
                 }
                 PoolCmd::Shutdown => self.shutdown(),
+                PoolCmd::Restart => self.restart(),
                 PoolCmd::GraceExpired => self.grace_expired(),
             }
             if self.shutting_down && self.children.is_empty() {
+                self.events.emit(|| Event::new("shutdown-done"));
                 if let Some(done) = self.done.take() {
                     let _ = done.send(());
                 }
@@ -413,6 +468,26 @@ impl Pool {
     /// Answers a job once: counts it, records it in the job table (waking
     /// its waiters, disarming its time limit) and tells its submitter.
     fn finish(&mut self, job: JobId, reply: Option<Reply>, end: End) {
+        if self.events.wanted() {
+            let mut e = Event::new(match &end {
+                End::Completed(_) => "job-completed",
+                End::Failed(Reason::Cancelled, _) => "job-cancelled",
+                End::Failed(..) => "job-failed",
+            });
+            e.job = Some(self.table.id(job));
+            if let Some(r) = self.table.get(job) {
+                e.module = Some(r.module().to_owned());
+                e.pid = r
+                    .child
+                    .and_then(|c| self.children.get(&c))
+                    .and_then(|s| s.pid);
+            }
+            if let End::Failed(reason, message) = &end {
+                e.reason = Some(*reason);
+                e.message = Some(message.clone());
+            }
+            self.events.emit(|| e);
+        }
         match &end {
             End::Completed(_) => {
                 debug!(job, "job completed");
@@ -462,7 +537,9 @@ impl Pool {
             return Err((Reason::ShuttingDown, "the master is shutting down".into()));
         }
         if let Some(cause) = &self.broken {
-            return Err((Reason::Error, format!("no child can be started: {cause}")));
+            if self.ready_children() == 0 {
+                return Err((Reason::Error, format!("no child can be started: {cause}")));
+            }
         }
         if !self.modules.is_empty() && !self.modules.contains(module) {
             return Err((
@@ -546,6 +623,13 @@ impl Pool {
             JobStatus::Queued
         };
         self.table.insert(id, module.clone(), status, timeout);
+        if status == JobStatus::Queued {
+            self.events.emit(|| Event {
+                job: Some(self.table.id(id)),
+                module: Some(module.clone()),
+                ..Event::new("job-queued")
+            });
+        }
         if let Some(w) = waiter {
             self.table.add_waiter(id, w);
         }
@@ -663,7 +747,13 @@ impl Pool {
             let target = self
                 .children
                 .iter()
-                .filter(|(_, s)| s.state == State::Busy && s.jobs.len() < self.cfg.prefetch)
+                .filter(|(_, s)| {
+                    s.state == State::Busy
+                        && s.jobs.len() < self.cfg.prefetch
+                        && !s.retire_when_free
+                        // A child never holds more jobs than it may still run.
+                        && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit)
+                })
                 .min_by_key(|(_, s)| s.jobs.len())
                 .map(|(&id, _)| id);
             let Some(child) = target else {
@@ -698,6 +788,17 @@ impl Pool {
 
     /// A job began to run on `child`: its status and its time limit.
     fn job_started(&mut self, job: JobId, child: ChildId) {
+        if self.events.wanted() {
+            let pid = self.children.get(&child).and_then(|s| s.pid);
+            let module = self.table.get(job).map(|r| r.module().to_owned());
+            let id = self.table.id(job);
+            self.events.emit(|| Event {
+                pid,
+                job: Some(id),
+                module,
+                ..Event::new("job-started")
+            });
+        }
         if let Some(limit) = self.table.started(job, child) {
             let key = self.timers.insert(job, limit);
             if let Some(r) = self.table.get_mut(job) {
@@ -716,10 +817,79 @@ impl Pool {
             let _ = slot.ctl.send(ChildCtl::Stop);
             return;
         }
+        if slot.retire_when_free {
+            self.retire(id, "replaced by a fresh child (SIGHUP)");
+            return self.roll();
+        }
         slot.state = State::Idle;
+        slot.idle_since = Instant::now();
         self.idle.push_front(id);
+        if self.idle_check.is_none() && self.children.len() > self.cfg.pool_start {
+            self.idle_check = Some(Instant::now() + self.cfg.idle_timeout);
+        }
         self.dispatch_queue();
         self.prefetch();
+    }
+
+    /// Stops a child that holds no job (it exits and is reaped; the pool
+    /// refills to `pool-start` if it must).
+    fn retire(&mut self, id: ChildId, why: &str) {
+        let Some(slot) = self.children.get_mut(&id) else {
+            return;
+        };
+        info!(pid = slot.pid, child = id, why, "child retired");
+        let _ = slot.ctl.send(ChildCtl::Stop);
+        let pid = slot.pid;
+        self.set_state(id, State::Stopping);
+        self.events.emit(|| Event {
+            pid,
+            message: Some(why.to_owned()),
+            ..Event::new("child-retired")
+        });
+    }
+
+    /// Stops children idle past `--idle-timeout`, longest idle first, while
+    /// the pool is above `pool-start`; never a busy one.
+    fn shrink_idle(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = Instant::now();
+        let live = |p: &Pool| {
+            p.children
+                .values()
+                .filter(|s| s.state != State::Stopping)
+                .count()
+        };
+        while live(self) > self.cfg.pool_start {
+            // The idle list is most-recently-freed first: the back has
+            // waited longest.
+            let Some(&oldest) = self.idle.back() else {
+                return;
+            };
+            let since = self.children[&oldest].idle_since;
+            if now.duration_since(since) < self.cfg.idle_timeout {
+                self.idle_check = Some(since + self.cfg.idle_timeout);
+                return;
+            }
+            self.retire(oldest, "idle past --idle-timeout");
+        }
+    }
+
+    /// A new child's job limit: `--max-jobs-per-child` plus a random share
+    /// of `--max-jobs-jitter`.
+    fn job_limit(&self) -> u64 {
+        if self.cfg.max_jobs_per_child == 0 {
+            return 0;
+        }
+        let jitter = match self.cfg.max_jobs_jitter {
+            0 => 0,
+            j => {
+                let r = crate::child::fresh_secret();
+                u64::from_le_bytes(r[..8].try_into().expect("8 bytes")) % (j + 1)
+            }
+        };
+        self.cfg.max_jobs_per_child + jitter
     }
 
     fn spawn_child(&mut self) {
@@ -737,6 +907,11 @@ impl Pool {
                 attached: false,
                 jobs: VecDeque::new(),
                 kill_cause: None,
+                generation: self.generation,
+                jobs_done: 0,
+                job_limit: self.job_limit(),
+                retire_when_free: false,
+                idle_since: Instant::now(),
             },
         );
         self.starting += 1;
@@ -833,15 +1008,30 @@ impl Pool {
                 if let Some(slot) = self.children.get_mut(&id) {
                     slot.pid = Some(pid);
                     info!(pid, child = id, "child spawned");
+                    self.events.emit(|| Event {
+                        pid: Some(pid),
+                        ..Event::new("child-spawned")
+                    });
                 }
             }
             ChildEvent::Ready { modules } => self.child_ready(id, modules),
             ChildEvent::Part { job, data } => {
+                let bytes = data.len();
                 if let Some(Held {
                     reply: Some(reply), ..
                 }) = self.held_job(id, job)
                 {
                     reply.part(data);
+                }
+                if self.events.wanted() {
+                    let pid = self.children.get(&id).and_then(|s| s.pid);
+                    let job = self.table.id(job);
+                    self.events.emit(|| Event {
+                        pid,
+                        job: Some(job),
+                        bytes: Some(bytes),
+                        ..Event::new("job-part")
+                    });
                 }
             }
             ChildEvent::Done {
@@ -894,11 +1084,21 @@ impl Pool {
             modules = modules.len(),
             "child ready"
         );
+        let pid = slot.pid;
+        self.events.emit(|| Event {
+            pid,
+            ..Event::new("child-ready")
+        });
         self.modules = modules.into_iter().collect();
         self.failures_in_a_row = 0;
         self.backoff_until = None;
         if let Some(cause) = self.broken.take() {
-            info!(%cause, "a child started again; jobs are accepted");
+            info!(%cause, "a child started again; jobs are accepted (breaker cleared)");
+            self.deaths.clear();
+            self.events.emit(|| Event {
+                message: Some(cause),
+                ..Event::new("breaker-cleared")
+            });
         }
         let ready = self.children.len() - self.starting;
         if !self.ready_logged && ready >= self.cfg.pool_start {
@@ -908,10 +1108,105 @@ impl Pool {
                 elapsed_ms = self.started_at.elapsed().as_millis() as u64,
                 "pool ready"
             );
+            self.events.emit(|| Event::new("pool-ready"));
+        }
+        if self.rolling == Some(id) {
+            // The fresh child is ready: one old one goes (now if it is
+            // idle, else after its job), then the next step.
+            self.rolling = None;
+            self.replace_one_stale();
         }
         self.child_free(id);
         // A new child may have been wanted by more queued jobs than it takes.
         self.replenish();
+        self.roll();
+    }
+
+    /// SIGHUP: every child of an older generation is replaced by a fresh
+    /// one from the handler program on disk, one at a time. The fresh child
+    /// starts first (the pool may hold one child above `pool-max` for a
+    /// moment), so ready children never drop below what was there.
+    fn restart(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.generation += 1;
+        let stale = self.stale_children().len();
+        info!(
+            children = stale,
+            generation = self.generation,
+            "rolling restart begun"
+        );
+        self.roll();
+    }
+
+    fn stale_children(&self) -> Vec<ChildId> {
+        let mut ids: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, s)| {
+                s.generation < self.generation && s.state != State::Stopping && !s.retire_when_free
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Starts the next step of a rolling restart, if one is due.
+    fn roll(&mut self) {
+        if self.shutting_down || self.rolling.is_some() || self.broken.is_some() {
+            return;
+        }
+        if self.stale_children().is_empty() {
+            return;
+        }
+        // One old child at a time: wait for the one finishing its job.
+        if self
+            .children
+            .values()
+            .any(|s| s.retire_when_free && s.state != State::Stopping)
+        {
+            return;
+        }
+        if self.starting > 0 {
+            // A child starting anyway (a replacement) will do as well: wait
+            // for it, then retire an old one.
+            if let Some((&id, _)) = self
+                .children
+                .iter()
+                .find(|(_, s)| s.state == State::Starting && s.generation == self.generation)
+            {
+                self.rolling = Some(id);
+                return;
+            }
+        }
+        self.rolling = Some(self.next_child);
+        self.spawn_child();
+    }
+
+    /// Retires one old child: an idle one now, else the first busy one
+    /// after its job.
+    fn replace_one_stale(&mut self) {
+        let stale = self.stale_children();
+        let idle = stale
+            .iter()
+            .copied()
+            .find(|id| self.children[id].state == State::Idle);
+        match idle.or_else(|| stale.first().copied()) {
+            Some(id) if self.children[&id].state == State::Idle => {
+                self.retire(id, "replaced by a fresh child (SIGHUP)");
+            }
+            Some(id) => {
+                if let Some(slot) = self.children.get_mut(&id) {
+                    slot.retire_when_free = true;
+                }
+            }
+            None => info!(generation = self.generation, "rolling restart done"),
+        }
+        if self.stale_children().is_empty() && idle.is_some() {
+            info!(generation = self.generation, "rolling restart done");
+        }
     }
 
     /// The job a busy child runs, if `job` names it. A child that answers
@@ -976,12 +1271,40 @@ impl Pool {
         let Some(slot) = self.children.get_mut(&id) else {
             return;
         };
+        slot.jobs_done += 1;
         if slot.state == State::Stopping {
             // Being killed (its job was cancelled or timed out) or retired.
             return;
         }
+        let mut why = retire.then_some("the handler asked to retire");
+        if slot.job_limit > 0 && slot.jobs_done >= slot.job_limit {
+            why = Some("ran --max-jobs-per-child jobs");
+        }
+        if let (Some(limit), Some(pid), None) = (self.cfg.max_child_rss, slot.pid, why) {
+            if slot.jobs.is_empty() && rss_bytes(pid).is_some_and(|rss| rss > limit) {
+                why = Some("resident memory above --max-child-rss");
+            }
+        }
+        if let Some(why) = why {
+            info!(
+                pid = slot.pid,
+                child = id,
+                jobs = slot.jobs_done,
+                why,
+                "child retiring"
+            );
+            let pid = slot.pid;
+            self.events.emit(|| Event {
+                pid,
+                message: Some(why.to_owned()),
+                ..Event::new("child-retired")
+            });
+        }
+        let retire = why.is_some();
         if retire {
-            info!(pid = slot.pid, child = id, "child retiring");
+            let Some(slot) = self.children.get_mut(&id) else {
+                return;
+            };
             let _ = slot.ctl.send(ChildCtl::Stop);
             let unstarted = std::mem::take(&mut slot.jobs);
             self.set_state(id, State::Stopping);
@@ -1020,6 +1343,23 @@ impl Pool {
             Some(cause) => format!("{} ({cause})", info.describe()),
             None => info.describe(),
         };
+        self.events.emit(|| {
+            let (code, signal) = match &info {
+                ExitInfo::Status { code, signal, .. } => (*code, *signal),
+                ExitInfo::SpawnFailed(_) => (None, None),
+            };
+            Event {
+                pid: slot.pid,
+                code,
+                signal,
+                message: Some(how.clone()),
+                ..Event::new("child-exited")
+            }
+        });
+        if self.rolling == Some(id) {
+            self.rolling = None;
+            warn!(%how, "rolling restart paused: the fresh child did not start; the old children keep serving");
+        }
         if let Some(running) = jobs.pop_front() {
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
             if let Some(reply) = running.reply {
@@ -1038,6 +1378,10 @@ impl Pool {
             }
         } else if slot.state == State::Starting && !self.shutting_down {
             self.startup_failure(slot.pid, how);
+        } else if slot.state == State::Idle && !self.shutting_down {
+            // Nobody asked it to go: a death that counts toward the breaker.
+            warn!(pid = slot.pid, child = id, %how, "idle child died");
+            self.death(format!("a child {how} while idle"));
         } else {
             info!(pid = slot.pid, child = id, %how, "child exited");
         }
@@ -1054,16 +1398,59 @@ impl Pool {
             "handler {} {how} before it was ready",
             self.cfg.handler.display()
         );
-        let delay = BACKOFF_START
+        let mut delay = BACKOFF_START
             .saturating_mul(1 << (self.failures_in_a_row - 1).min(16))
             .min(BACKOFF_MAX);
-        warn!(pid, failures = self.failures_in_a_row, retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
-        self.backoff_until = Some(Instant::now() + delay);
-        if self.failures_in_a_row >= FAILURES_BEFORE_BROKEN && self.broken.is_none() {
-            error!(failures = self.failures_in_a_row, %cause, "no child can be started; jobs fail with `error` until one starts");
-            self.broken = Some(cause.clone());
-        }
+        self.death(cause.clone());
         if self.broken.is_some() {
+            // Tripped: one probe spawn per BACKOFF_MAX, no faster.
+            delay = delay.max(BACKOFF_MAX);
+        }
+        warn!(pid, failures = self.failures_in_a_row, retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
+        self.events.emit(|| Event {
+            pid,
+            message: Some(format!("{cause}; next spawn in {} ms", delay.as_millis())),
+            ..Event::new("spawn-backoff")
+        });
+        self.backoff_until = Some(Instant::now() + delay);
+    }
+
+    /// Children able to take a job (ready, not stopping).
+    fn ready_children(&self) -> usize {
+        self.children
+            .values()
+            .filter(|s| matches!(s.state, State::Idle | State::Busy))
+            .count()
+    }
+
+    /// Counts an unexpected child death toward the crash-loop breaker
+    /// (`--breaker-deaths` within `--breaker-window`). Tripped, it makes
+    /// jobs fail `error` at once while no child is ready, instead of
+    /// waiting for one that may never come.
+    fn death(&mut self, cause: String) {
+        let now = Instant::now();
+        self.deaths.push_back(now);
+        while self
+            .deaths
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > self.cfg.breaker_window)
+        {
+            self.deaths.pop_front();
+        }
+        if self.broken.is_none() && self.deaths.len() >= self.cfg.breaker_deaths as usize {
+            error!(
+                deaths = self.deaths.len(),
+                window_secs = self.cfg.breaker_window.as_secs_f64(),
+                %cause,
+                "crash-loop breaker tripped: no child can be started; jobs fail with `error` until one starts"
+            );
+            self.broken = Some(cause.clone());
+            self.events.emit(|| Event {
+                message: Some(cause.clone()),
+                ..Event::new("breaker-tripped")
+            });
+        }
+        if self.broken.is_some() && self.ready_children() == 0 {
             let msg = format!("no child can be started: {cause}");
             for job in std::mem::take(&mut self.queue) {
                 self.refuse(job.reply, job.id, Reason::Error, msg.clone());
@@ -1082,6 +1469,7 @@ impl Pool {
             return;
         }
         self.shutting_down = true;
+        self.events.emit(|| Event::new("shutdown-begun"));
         info!(
             busy = self.busy,
             queued = self.queue.len(),
@@ -1179,6 +1567,11 @@ impl Pool {
         };
         self.table.set_queued(job);
         info!(job, module = %queued.module, "start-later job started");
+        self.events.emit(|| Event {
+            job: Some(id.clone()),
+            module: Some(queued.module.clone()),
+            ..Event::new("job-queued")
+        });
         self.enqueue(queued);
         Answer::ok(Body::Ref(taskmaster_proto::jobs::JobRef {
             id,
@@ -1272,7 +1665,14 @@ impl Pool {
         };
         let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
         slot.kill_cause = Some(format!("killed: job {job} {reason}"));
-        let _ = slot.ctl.send(ChildCtl::Kill);
+        // A timed-out job's child gets SIGTERM first (SIGKILL after a short
+        // grace); a cancelled one is killed at once.
+        let ctl = if reason == Reason::Timeout {
+            ChildCtl::Terminate
+        } else {
+            ChildCtl::Kill
+        };
+        let _ = slot.ctl.send(ctl);
         self.set_state(child, State::Stopping);
         warn!(pid = %pid, job, %reason, "killing child for its job");
         self.finish(
@@ -1334,4 +1734,12 @@ impl Pool {
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// A process's resident memory, from `/proc/PID/status`.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -95,7 +95,7 @@ async fn fake_child(
                     return;
                 }
             },
-            ChildCtl::Stop | ChildCtl::Kill => {
+            ChildCtl::Stop | ChildCtl::Kill | ChildCtl::Terminate => {
                 pool.child_event(id, exited(Some(0), None));
                 return;
             }
@@ -130,6 +130,16 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         keep_results: 100,
         result_ttl: Duration::from_secs(3600),
         keep_results_bytes: 1 << 20,
+        max_jobs_per_child: 0,
+        max_jobs_jitter: 0,
+        max_child_rss: None,
+        idle_timeout: Duration::from_secs(60),
+        breaker_deaths: 3,
+        breaker_window: Duration::from_secs(10),
+        child_user: None,
+        child_group: None,
+        child_nofile: None,
+        child_core_dumps: false,
     };
     let fake = Arc::new(Fake::default());
     let (pool, done) = pool::start(

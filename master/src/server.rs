@@ -36,10 +36,15 @@ pub async fn run(
         }
         None => None,
     };
+    let (uid, gid) = config::resolve_ids(&cfg).map_err(std::io::Error::other)?;
     let launcher = ProcessLauncher {
         handler: cfg.handler.clone(),
         connect: config::connect_back(local),
         max_payload: cfg.max_payload,
+        uid,
+        gid,
+        nofile: cfg.child_nofile,
+        core: (!cfg.child_core_dumps).then_some(0),
     };
     let listener_cfg = Arc::new(ListenerConfig {
         max_payload: cfg.max_payload,

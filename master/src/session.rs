@@ -132,6 +132,33 @@ pub async fn serve(
                     }
                 });
             }
+            Ok(Some(ToMaster::Events { tag, job })) => {
+                let mut events = pool.subscribe();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let event = match events.recv().await {
+                            Ok(e) => e,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                debug!(%peer, missed = n, "event subscriber fell behind");
+                                continue;
+                            }
+                            Err(_) => return,
+                        };
+                        if !job.is_empty() && event.job.as_deref() != Some(job.as_str()) {
+                            continue;
+                        }
+                        let msg = ToClient::Event {
+                            tag,
+                            name: event.name.to_owned(),
+                            json: event.json(),
+                        };
+                        if tx.send(Outgoing { msg, permit: None }).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
             Ok(Some(ToMaster::Stats { tag })) => {
                 let Some(stats) = pool.stats().await else {
                     break;
@@ -187,7 +214,7 @@ async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
             let limit = (limit as usize).min(MAX_LIST);
             (tag, status.map(|status| Op::List { limit, status }))
         }
-        ToMaster::Submit { tag, .. } | ToMaster::Stats { tag } => {
+        ToMaster::Submit { tag, .. } | ToMaster::Stats { tag } | ToMaster::Events { tag, .. } => {
             (tag, Err(Answer::invalid("not a job operation".into())))
         }
     };

@@ -3,7 +3,7 @@
 
 use crate::pool::PoolHandle;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Forwards stop signals to the pool until the process ends.
 pub async fn forward(pool: PoolHandle) -> std::io::Result<()> {
@@ -14,7 +14,7 @@ pub async fn forward(pool: PoolHandle) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => { info!(signal = "SIGTERM", "stop requested"); pool.shutdown(); }
             _ = int.recv() => { info!(signal = "SIGINT", "stop requested"); pool.shutdown(); }
-            _ = hup.recv() => warn!(signal = "SIGHUP", "rolling restart is not implemented yet; ignored"),
+            _ = hup.recv() => { info!(signal = "SIGHUP", "rolling restart requested"); pool.restart(); }
         }
     }
 }

@@ -63,6 +63,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its module.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
     /// Its status.
     pub fn status(&self) -> JobStatus {
         self.status

@@ -182,6 +182,7 @@ struct Routes {
     jobs: HashMap<u64, mpsc::UnboundedSender<JobEvent>>,
     stats: HashMap<u64, oneshot::Sender<String>>,
     ops: HashMap<u64, oneshot::Sender<Reply>>,
+    events: HashMap<u64, mpsc::UnboundedSender<(String, String)>>,
     /// The master's job-id prefix, for the ids of answers.
     instance: Arc<str>,
     closed: bool,
@@ -278,6 +279,7 @@ impl Client {
             jobs: HashMap::new(),
             stats: HashMap::new(),
             ops: HashMap::new(),
+            events: HashMap::new(),
             instance: instance.clone(),
             closed: false,
         }));
@@ -438,6 +440,28 @@ impl Client {
             .into_ok()
     }
 
+    /// Lifecycle events from now on, as (name, JSON) pairs; only `job`'s if
+    /// given. The stream ends when the connection does.
+    pub fn events(
+        &self,
+        job: Option<&str>,
+    ) -> Result<mpsc::UnboundedReceiver<(String, String)>, ClientError> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut routes = self.routes.lock().expect("routes lock");
+            if routes.closed {
+                return Err(ClientError::Disconnected);
+            }
+            routes.events.insert(tag, tx);
+        }
+        let job = job.unwrap_or_default().to_owned();
+        self.out
+            .send(ToMaster::Events { tag, job })
+            .map_err(|_| ClientError::Disconnected)?;
+        Ok(rx)
+    }
+
     /// Sends one job operation and waits for its [`Reply`].
     pub async fn op(&self, make: impl FnOnce(u64) -> ToMaster) -> Result<Reply, ClientError> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -569,6 +593,11 @@ async fn route_answers(
                     });
                 }
             }
+            ToClient::Event { tag, name, json } => {
+                if let Some(tx) = routes.events.get(&tag) {
+                    let _ = tx.send((name, json));
+                }
+            }
             ToClient::Welcome { .. } | ToClient::Refused { .. } => {}
         }
     }
@@ -577,4 +606,5 @@ async fn route_answers(
     routes.jobs.clear();
     routes.stats.clear();
     routes.ops.clear();
+    routes.events.clear();
 }

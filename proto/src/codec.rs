@@ -359,6 +359,15 @@ mod tests {
             limit: 10,
             status: "queued".into(),
         });
+        roundtrip(ToMaster::Events {
+            tag: 10,
+            job: String::new(),
+        });
+        roundtrip(ToClient::Event {
+            tag: 10,
+            name: "pool-ready".into(),
+            json: "{}".into(),
+        });
         roundtrip(ToClient::Welcome {
             version: 1,
             max_payload: 42,

@@ -211,6 +211,14 @@ pub enum ToMaster {
         /// Only jobs with this status word (empty: all).
         status: String,
     },
+    /// Streams lifecycle events from now on as [`ToClient::Event`]s, until
+    /// the connection closes.
+    Events {
+        /// Client-chosen tag, returned with every event.
+        tag: u64,
+        /// Only this job's events (empty: every event).
+        job: String,
+    },
 }
 
 impl Message for ToMaster {
@@ -300,6 +308,16 @@ pub enum ToClient {
         /// A completed job's response, for `Result` (payload; else empty).
         #[serde(skip)]
         output: Bytes,
+    },
+    /// A lifecycle event, for a [`ToMaster::Events`] subscription.
+    Event {
+        /// The subscription's tag.
+        tag: u64,
+        /// The event name (`job-started`, `child-exited`, ...).
+        name: String,
+        /// The event's JSON (SPEC section 10: `time`, and `pid`, `job`,
+        /// `module`, `reason`, `message`, `code`, `signal` where they apply).
+        json: String,
     },
 }
 
