@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The longest job time limit (a year): longer ones are clamped, so a
+/// deadline always fits the timer wheel.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Settings of a running master.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -131,6 +135,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// `--job-timeout` above a year.
+    #[error("--job-timeout must be at most 31536000 seconds (a year)")]
+    JobTimeout,
     /// `--breaker-deaths 0`.
     #[error("--breaker-deaths must be at least 1")]
     Breaker,
@@ -153,6 +160,9 @@ impl Config {
         }
         if !(1..=1024).contains(&self.prefetch) {
             return Err(ConfigError::Prefetch(self.prefetch));
+        }
+        if self.job_timeout.is_some_and(|t| t > MAX_TIMEOUT) {
+            return Err(ConfigError::JobTimeout);
         }
         if self.breaker_deaths == 0 {
             return Err(ConfigError::Breaker);

@@ -7,7 +7,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use taskmaster_proto::{Reason, Stats};
@@ -53,10 +53,14 @@ struct Gauges {
     uptime: Gauge<f64, AtomicU64>,
 }
 
-/// Buckets from 50 µs to about 80 s: job times span short echo hops to
-/// long-running work.
+/// Buckets from 50 µs to 60 s: job times span short echo hops to
+/// long-running work. Written out so the `le` labels read cleanly.
 fn buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.000_05, 3.0, 14)
+    [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+    .into_iter()
 }
 
 impl Default for Metrics {

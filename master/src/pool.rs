@@ -277,6 +277,8 @@ struct Slot {
 /// A job sent to a child.
 struct Held {
     id: JobId,
+    /// The child has started it (it is, or was, the front of the window).
+    started: bool,
     /// `None` once answered early (cancelled or timed out while the child
     /// still holds it): whatever the child says of it later is dropped.
     reply: Option<Reply>,
@@ -585,17 +587,17 @@ impl Pool {
             waiter,
         } = s;
         let mut admitted = self.admission(&module);
-        if options.start_later
-            && admitted.is_ok()
-            && self.table.start_later() >= self.cfg.keep_results
-        {
-            // Held jobs are bounded like kept results, or a client could
-            // fill memory with jobs that never run.
-            let msg = format!(
-                "{} start-later jobs held (the --keep-results limit)",
-                self.table.start_later()
-            );
-            admitted = Err((Reason::Overload, msg));
+        if options.start_later && admitted.is_ok() {
+            // Held jobs are bounded like kept results (count and bytes), or
+            // a client could fill memory with jobs that never run.
+            let held = self.table.start_later();
+            if held >= self.cfg.keep_results {
+                let msg = format!("{held} start-later jobs held (the --keep-results limit)");
+                admitted = Err((Reason::Overload, msg));
+            } else if self.table.held_bytes() + input.len() > self.cfg.keep_results_bytes {
+                let msg = "start-later inputs would exceed --keep-results-bytes".to_owned();
+                admitted = Err((Reason::Overload, msg));
+            }
         }
         if let Err((reason, message)) = admitted {
             if let Some(ack) = ack {
@@ -615,7 +617,7 @@ impl Pool {
         let timeout = match options.timeout_ms {
             None => self.cfg.job_timeout,
             Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
+            Some(ms) => Some(Duration::from_millis(ms).min(crate::config::MAX_TIMEOUT)),
         };
         let status = if options.start_later {
             JobStatus::StartLater
@@ -691,6 +693,7 @@ impl Pool {
                 }
                 slot.jobs.push_back(Held {
                     id: job.id,
+                    started: runs_now,
                     reply: Some(job.reply),
                     resend,
                 });
@@ -1106,6 +1109,7 @@ impl Pool {
             info!(
                 size = ready,
                 elapsed_ms = self.started_at.elapsed().as_millis() as u64,
+                instance = %self.handle.instance(),
                 "pool ready"
             );
             self.events.emit(|| Event::new("pool-ready"));
@@ -1253,13 +1257,18 @@ impl Pool {
         self.held_job(id, job)?;
         let slot = self.children.get_mut(&id)?;
         let held = slot.jobs.pop_front()?;
-        let next = slot.jobs.front().map(|h| h.id);
+        let stopping = slot.state == State::Stopping;
+        let next = slot.jobs.front_mut().map(|h| {
+            // A child being killed never starts the next one.
+            h.started = !stopping;
+            h.id
+        });
         match next {
             None => self.busy -= 1,
             Some(next) => {
                 // The next prefetched job is running now.
                 self.prefetched -= 1;
-                if slot.state != State::Stopping {
+                if !stopping {
                     self.job_started(next, id);
                 }
             }
@@ -1360,7 +1369,11 @@ impl Pool {
             self.rolling = None;
             warn!(%how, "rolling restart paused: the fresh child did not start; the old children keep serving");
         }
-        if let Some(running) = jobs.pop_front() {
+        if jobs.front().is_some_and(|h| !h.started) {
+            // Killed before it got to them: they all run elsewhere.
+            self.requeue(jobs);
+            info!(pid = slot.pid, child = id, %how, "child exited");
+        } else if let Some(running) = jobs.pop_front() {
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
             if let Some(reply) = running.reply {
                 warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");

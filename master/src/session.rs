@@ -211,7 +211,11 @@ async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
                         |e: taskmaster_proto::jobs::UnknownStatus| Answer::invalid(e.to_string()),
                     ),
                 };
-            let limit = (limit as usize).min(MAX_LIST);
+            let limit = limit as usize;
+            if !(1..=MAX_LIST).contains(&limit) {
+                let msg = format!("limit {limit}: expected 1 to {MAX_LIST}");
+                return (tag, Some(Answer::invalid(msg)));
+            }
             (tag, status.map(|status| Op::List { limit, status }))
         }
         ToMaster::Submit { tag, .. } | ToMaster::Stats { tag } | ToMaster::Events { tag, .. } => {

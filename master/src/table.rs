@@ -46,7 +46,9 @@ pub struct Record {
     module: String,
     status: JobStatus,
     created: SystemTime,
-    created_mono: Instant,
+    /// When it joined the queue (for queue-wait figures; a start-later
+    /// job's held time does not count).
+    queued_mono: Instant,
     started: Option<(SystemTime, Instant)>,
     finished: Option<SystemTime>,
     failure: Option<(Reason, String)>,
@@ -122,6 +124,15 @@ impl JobTable {
         self.start_later
     }
 
+    /// Input bytes of the `start-later` jobs held now.
+    pub fn held_bytes(&self) -> usize {
+        self.records
+            .values()
+            .filter_map(|r| r.parked.as_ref())
+            .map(|q| q.input.len())
+            .sum()
+    }
+
     /// Finished jobs kept now.
     pub fn kept(&self) -> usize {
         self.finished.len()
@@ -144,7 +155,7 @@ impl JobTable {
                 module,
                 status,
                 created: SystemTime::now(),
-                created_mono: Instant::now(),
+                queued_mono: Instant::now(),
                 started: None,
                 finished: None,
                 failure: None,
@@ -175,6 +186,7 @@ impl JobTable {
                 self.start_later -= 1;
             }
             r.status = JobStatus::Queued;
+            r.queued_mono = Instant::now();
         }
     }
 
@@ -194,7 +206,6 @@ impl JobTable {
     /// evicted. `None` if the job is not in the table (refused at submit)
     /// or had already ended.
     pub fn finish(&mut self, job: JobId, end: End) -> Option<Ended> {
-        let id = self.id(job);
         let r = self.records.get_mut(&job)?;
         if r.status.is_finished() {
             return None;
@@ -227,13 +238,13 @@ impl JobTable {
             }
         }
         let ended = Ended {
-            waited: r.started.map(|(_, s)| s.duration_since(r.created_mono)),
+            waited: r.started.map(|(_, s)| s.duration_since(r.queued_mono)),
             ran: r.started.map(|(_, s)| now.duration_since(s)),
             timer: r.timer.take(),
         };
         let waiters = std::mem::take(&mut r.waiters);
         if !waiters.is_empty() {
-            let answer = result_answer(id, r);
+            let answer = result_answer(format_id(&self.instance, job), r);
             for w in waiters {
                 let _ = w.send(answer.clone());
             }
@@ -248,9 +259,11 @@ impl JobTable {
     pub fn evict(&mut self) {
         let now = Instant::now();
         while let Some(&(job, at)) = self.finished.front() {
+            // The newest response stays even when it alone is over the
+            // byte limit: whoever waits for it must be able to fetch it.
             let over = self.finished.len() > self.limits.keep
                 || now.duration_since(at) > self.limits.ttl
-                || self.result_bytes > self.limits.bytes;
+                || (self.result_bytes > self.limits.bytes && self.finished.len() > 1);
             if !over {
                 return;
             }
