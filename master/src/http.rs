@@ -384,7 +384,11 @@ async fn stats(
 }
 
 /// `GET /metrics`: Prometheus text (OpenMetrics).
-async fn metrics_text(State(api): ApiState) -> Response {
+async fn metrics_text(
+    State(api): ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
     let Some(stats) = api.pool.stats().await else {
         return stopped();
     };
@@ -409,7 +413,11 @@ struct HealthBody {
 
 /// `GET /healthz`: 200 once the pool is ready; 503 before, while no child
 /// can be started, and while shutting down.
-async fn healthz(State(api): ApiState) -> Response {
+async fn healthz(
+    State(api): ApiState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    tri!(Params::parse(query, &[]));
     let (code, status, message) = match api.pool.health().await {
         Some(Health::Ready) => (StatusCode::OK, "ok", None),
         Some(Health::Starting) => (StatusCode::SERVICE_UNAVAILABLE, "starting", None),

@@ -533,10 +533,18 @@ impl Pool {
         self.finish(job, Some(reply), End::Failed(reason, message));
     }
 
-    /// Why a job could not join the queue now, if it cannot.
-    fn admission(&self, module: &str) -> Result<(), (Reason, String)> {
+    /// Why a job could not be accepted now, if it cannot. `queue`: it is
+    /// to join the queue now (a start-later job is only held, so a full
+    /// queue or a broken pool does not refuse it: its start will).
+    fn admission(&self, module: &str, queue: bool) -> Result<(), (Reason, String)> {
         if self.shutting_down {
             return Err((Reason::ShuttingDown, "the master is shutting down".into()));
+        }
+        if !queue {
+            if !self.modules.is_empty() && !self.modules.contains(module) {
+                return Err((Reason::UnknownModule, format!("no child runs module {module:?}")));
+            }
+            return Ok(());
         }
         if let Some(cause) = &self.broken {
             if self.ready_children() == 0 {
@@ -586,7 +594,7 @@ impl Pool {
             ack,
             waiter,
         } = s;
-        let mut admitted = self.admission(&module);
+        let mut admitted = self.admission(&module, !options.start_later);
         if options.start_later && admitted.is_ok() {
             // Held jobs are bounded like kept results (count and bytes), or
             // a client could fill memory with jobs that never run.
@@ -1572,8 +1580,9 @@ impl Pool {
             .as_ref()
             .map(|q| q.module.clone())
             .unwrap_or_default();
-        if let Err((reason, message)) = self.admission(&module) {
-            return Answer::failed(id, JobStatus::StartLater, reason, message);
+        if let Err((reason, message)) = self.admission(&module, true) {
+            // The job stays held; the body describes the refused start.
+            return Answer::failed(id, JobStatus::Failed, reason, message);
         }
         let Some(queued) = self.table.get_mut(job).and_then(|r| r.parked.take()) else {
             return Answer::conflict(id, JobStatus::StartLater);

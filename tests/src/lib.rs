@@ -7,13 +7,18 @@
 //! - [`bin`]: path of a workspace binary beside the test executable.
 //! - [`Master`]: a running `taskmaster` with its log and children.
 //! - [`wait_until`], [`wait_stats`]: poll a condition with a deadline.
-//! - [`pid_alive`], [`children_of`]: process facts from `/proc`.
+//! - [`pid_alive`], [`children_of`], [`vm_rss_kib`]: process facts from
+//!   `/proc`.
+//! - [`http`], [`HttpAnswer`]: one HTTP/1.1 request to the master's
+//!   `--http` API (hyper), with a deadline.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 pub use taskmaster_proto::{Client, ClientError, JobEvent, Reason, Stats};
 
@@ -74,6 +79,32 @@ fn stat_fields(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
+/// Resident memory of `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Polls the async `cond` every 10 ms until it holds or `timeout` passes.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A process that exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     matches!(stat_fields(pid), Some((state, _)) if state != 'Z' && state != 'X')
@@ -113,6 +144,8 @@ pub struct Master {
     pub pid: u32,
     /// The address it listens on.
     pub addr: String,
+    /// The HTTP API's address, when started with `--http`.
+    pub http_addr: Option<String>,
     log: Arc<Log>,
     seen: Vec<u32>,
 }
@@ -160,6 +193,7 @@ impl Master {
             pid: child.id(),
             child: Some(child),
             addr: String::new(),
+            http_addr: None,
             log,
             seen: Vec::new(),
         };
@@ -170,7 +204,36 @@ impl Master {
             .and_then(|s| s.split_whitespace().next())
             .expect("address in the listening line");
         master.addr = addr.to_owned();
+        if args
+            .iter()
+            .any(|a| *a == "--http" || a.starts_with("--http="))
+        {
+            let line = master.wait_log("HTTP API listening", Duration::from_secs(10));
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .expect("address in the HTTP API listening line");
+            master.http_addr = Some(addr.to_owned());
+        }
         master
+    }
+
+    /// Starts a master with `--http 127.0.0.1:0` and `args`, and waits
+    /// until its pool is ready.
+    pub fn ready_http(args: &[&str]) -> Master {
+        let mut all = vec!["--http", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::ready(&all)
+    }
+
+    /// The URL of `path_and_query` on the master's HTTP API.
+    pub fn url(&self, path_and_query: &str) -> String {
+        let addr = self
+            .http_addr
+            .as_deref()
+            .expect("master started without --http");
+        format!("http://{addr}{path_and_query}")
     }
 
     /// Starts a master and waits until its pool is ready.
@@ -299,4 +362,87 @@ pub fn cli(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .expect("run taskmaster");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().expect("taskmaster output")
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl HttpAnswer {
+    /// The body as JSON (panics, showing the body, if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} answer is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// How long [`http`] waits for a whole answer before the test fails.
+pub const HTTP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sends one HTTP/1.1 request (a fresh connection) and reads the whole
+/// answer; panics if that takes longer than [`HTTP_DEADLINE`] or the
+/// connection fails.
+pub async fn http(method: &str, url: &str, body: impl Into<Bytes>) -> HttpAnswer {
+    try_http(method, url, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// As [`http`], returning a connection failure instead of panicking.
+pub async fn try_http(
+    method: &str,
+    url: &str,
+    body: impl Into<Bytes>,
+) -> Result<HttpAnswer, String> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok(HttpAnswer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(HTTP_DEADLINE, exchange).await {
+        Ok(r) => r,
+        Err(_) => panic!("{method} {url}: no whole answer within {HTTP_DEADLINE:?}"),
+    }
 }
