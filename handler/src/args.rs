@@ -15,17 +15,19 @@ pub(crate) struct Args {
     pub nofile: Option<u64>,
     /// Core-file size limit to set on itself (`None`: inherit).
     pub core: Option<u64>,
+    /// Milliseconds between heartbeats (`None`: send none).
+    pub heartbeat_ms: Option<u64>,
 }
 
 const USAGE: &str = "taskmaster-handler is started by the taskmaster master \
 (usage: --connect ADDR --child-id N --master-pid PID [--max-payload BYTES] \
-[--nofile N] [--core BYTES], secret on stdin)";
+[--nofile N] [--core BYTES] [--heartbeat-ms MS], secret on stdin)";
 
 impl Args {
     pub fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         let (mut connect, mut child_id, mut master_pid) = (None, None, None);
         let mut max_payload = DEFAULT_MAX_PAYLOAD;
-        let (mut nofile, mut core) = (None, None);
+        let (mut nofile, mut core, mut heartbeat_ms) = (None, None, None);
         while let Some(flag) = argv.next() {
             let value = argv
                 .next()
@@ -42,6 +44,7 @@ impl Args {
                 "--max-payload" => max_payload = number()? as usize,
                 "--nofile" => nofile = Some(number()?),
                 "--core" => core = Some(number()?),
+                "--heartbeat-ms" => heartbeat_ms = Some(number()?).filter(|&ms| ms > 0),
                 _ => return Err(format!("unknown flag {flag:?}; {USAGE}")),
             }
         }
@@ -53,6 +56,7 @@ impl Args {
                 max_payload,
                 nofile,
                 core,
+                heartbeat_ms,
             }),
             _ => Err(USAGE.to_owned()),
         }

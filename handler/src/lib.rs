@@ -76,6 +76,8 @@ struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     max_payload: usize,
+    /// Shared with the heartbeat writer (see `lifeline`).
+    write_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Conn {
@@ -87,6 +89,7 @@ impl Conn {
     /// Writes everything buffered.
     fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
+            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.stream.write_all(&self.buf)?;
             self.buf.clear();
         }
@@ -189,12 +192,24 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
         source,
     })?;
     stream.set_nodelay(true)?;
-    lifeline::exit_on_hangup(stream.try_clone()?);
+    let write_lock = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let heartbeat = match args.heartbeat_ms {
+        Some(ms) => Some(lifeline::Heartbeat {
+            every: std::time::Duration::from_millis(ms),
+            frame: codec::to_frame(&FromHandler::Heartbeat)
+                .map_err(io::Error::other)?
+                .to_vec(),
+            write_lock: write_lock.clone(),
+        }),
+        None => None,
+    };
+    lifeline::exit_on_hangup(stream.try_clone()?, heartbeat);
     let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
     let mut conn = Conn {
         stream,
         buf: BytesMut::with_capacity(64 * 1024),
         max_payload: args.max_payload,
+        write_lock,
     };
     let hello = Hello::Handler(HandlerHello {
         version: PROTOCOL_VERSION,

@@ -151,6 +151,9 @@ pub struct ProcessLauncher {
     pub nofile: Option<u64>,
     /// Core-file size limit for children (0: no core dumps).
     pub core: Option<u64>,
+    /// How often children send heartbeats (`None`: they send none and are
+    /// not checked).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Launcher for ProcessLauncher {
@@ -187,12 +190,15 @@ impl Launcher for ProcessLauncher {
         if let Some(n) = self.core {
             cmd.arg("--core").arg(n.to_string());
         }
+        if let Some(every) = self.heartbeat {
+            cmd.arg("--heartbeat-ms").arg(every.as_millis().to_string());
+        }
         // Spawn here, on the runtime's thread (the master's main thread, which
         // lives as long as the master): the child's death signal is tied to
         // the forking thread, so never fork from a short-lived blocking thread.
         match cmd.spawn() {
             Ok(child) => {
-                tokio::spawn(supervise(id, child, secret, ctl, pool));
+                tokio::spawn(supervise(id, child, secret, ctl, pool, self.heartbeat));
             }
             Err(e) => pool.child_event(
                 id,
@@ -233,6 +239,7 @@ async fn supervise(
     secret: [u8; SECRET_LEN],
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
     pool: PoolHandle,
+    heartbeat: Option<Duration>,
 ) {
     let pid = child.id().unwrap_or(0);
     let mut proc = Proc {
@@ -249,7 +256,7 @@ async fn supervise(
     let info = match wait_attach(&mut proc, &mut ctl).await {
         Ok((conn, modules)) => {
             pool.child_event(id, ChildEvent::Ready { modules });
-            serve(id, &mut proc, conn, &mut ctl, &pool).await
+            serve(id, &mut proc, conn, &mut ctl, &pool, heartbeat).await
         }
         Err(info) => info,
     };
@@ -286,7 +293,14 @@ async fn serve(
     conn: ChildConn,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
     pool: &PoolHandle,
+    heartbeat: Option<Duration>,
 ) -> ExitInfo {
+    // Any frame proves the child alive; heartbeats cover the quiet times.
+    // Silent for three beats: the pool is told (and kills it).
+    let mut last_frame = tokio::time::Instant::now();
+    let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stall_reported = false;
     let ChildConn {
         mut reader,
         mut writer,
@@ -298,7 +312,10 @@ async fn serve(
     loop {
         tokio::select! {
             frame = codec::read_message::<FromHandler, _>(&mut reader) => match frame {
-                Ok(Some(msg)) => forward(id, msg, pool),
+                Ok(Some(msg)) => {
+                    last_frame = tokio::time::Instant::now();
+                    forward(id, msg, pool);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // Never reuse a connection after a decode error: a late
@@ -367,6 +384,13 @@ async fn serve(
                 drain(id, &mut reader, pool).await;
                 return info;
             }
+            _ = beat.tick(), if heartbeat.is_some() && !stall_reported => {
+                let silent = last_frame.elapsed();
+                if silent > heartbeat.unwrap_or_default() * 3 {
+                    stall_reported = true;
+                    pool.child_event(id, ChildEvent::Stalled { silent });
+                }
+            }
             _ = &mut stop_timer, if stopping => {
                 warn!(pid = proc.pid, "child ignored SIGTERM; killing it");
                 proc.kill();
@@ -419,6 +443,7 @@ fn forward(id: ChildId, msg: FromHandler, pool: &PoolHandle) {
             message,
             retire,
         },
+        FromHandler::Heartbeat => return,
     };
     pool.child_event(id, event);
 }

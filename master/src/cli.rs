@@ -197,6 +197,11 @@ pub struct ServeArgs {
     /// Let children write core dumps (by default their core size limit is 0).
     #[arg(long, env = "TASKMASTER_CHILD_CORE_DUMPS")]
     pub child_core_dumps: bool,
+    /// Seconds between a child's heartbeats; a child silent for three of
+    /// them (stopped, frozen) is killed and replaced, its job failing
+    /// `error` (0: no heartbeats).
+    #[arg(long, env = "TASKMASTER_HEARTBEAT", default_value_t = 2.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub heartbeat: f64,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -238,6 +243,8 @@ impl ServeArgs {
             child_group: self.child_group.clone(),
             child_nofile: self.child_nofile,
             child_core_dumps: self.child_core_dumps,
+            heartbeat: (self.heartbeat > 0.0)
+                .then(|| Duration::from_secs_f64(self.heartbeat.max(0.01))),
         }
     }
 }

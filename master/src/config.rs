@@ -57,6 +57,8 @@ pub struct Config {
     pub child_nofile: Option<u64>,
     /// Let children write core dumps (off: core size limit 0).
     pub child_core_dumps: bool,
+    /// How often children send heartbeats (`None`: off).
+    pub heartbeat: Option<Duration>,
 }
 
 /// A user or group name (or number) resolved to its id.

@@ -92,6 +92,12 @@ pub enum ChildEvent {
         /// The child exits after this.
         retire: bool,
     },
+    /// No frame, not even a heartbeat, for this long: the child is stopped
+    /// or frozen.
+    Stalled {
+        /// How long it has been silent.
+        silent: Duration,
+    },
     /// The process is gone and reaped (or could not be started).
     Exited(ExitInfo),
 }
@@ -542,7 +548,10 @@ impl Pool {
         }
         if !queue {
             if !self.modules.is_empty() && !self.modules.contains(module) {
-                return Err((Reason::UnknownModule, format!("no child runs module {module:?}")));
+                return Err((
+                    Reason::UnknownModule,
+                    format!("no child runs module {module:?}"),
+                ));
             }
             return Ok(());
         }
@@ -1075,6 +1084,18 @@ impl Pool {
                         self.finish(job, reply, End::Failed(reason, message));
                     }
                     self.after_job(id, retire);
+                }
+            }
+            ChildEvent::Stalled { silent } => {
+                if let Some(slot) = self.children.get_mut(&id) {
+                    let cause = format!(
+                        "stopped answering: no heartbeat for {:.1} s",
+                        silent.as_secs_f64()
+                    );
+                    warn!(pid = slot.pid, child = id, %cause, "killing a silent child");
+                    slot.kill_cause = Some(cause);
+                    let _ = slot.ctl.send(ChildCtl::Kill);
+                    self.set_state(id, State::Stopping);
                 }
             }
             ChildEvent::Exited(info) => self.child_exited(id, info),

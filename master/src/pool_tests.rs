@@ -140,6 +140,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         child_group: None,
         child_nofile: None,
         child_core_dumps: false,
+        heartbeat: None,
     };
     let fake = Arc::new(Fake::default());
     let (pool, done) = pool::start(

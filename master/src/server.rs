@@ -45,6 +45,7 @@ pub async fn run(
         gid,
         nofile: cfg.child_nofile,
         core: (!cfg.child_core_dumps).then_some(0),
+        heartbeat: cfg.heartbeat,
     };
     let listener_cfg = Arc::new(ListenerConfig {
         max_payload: cfg.max_payload,

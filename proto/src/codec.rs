@@ -339,6 +339,7 @@ mod tests {
             input: Bytes::from(vec![0u8; 100_000]),
         });
         roundtrip(ToMaster::Stats { tag: 3 });
+        roundtrip(FromHandler::Heartbeat);
         let id = "0123456789ab-7".to_owned();
         roundtrip(ToMaster::Status {
             tag: 4,

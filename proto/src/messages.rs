@@ -127,6 +127,10 @@ pub enum FromHandler {
         /// The child will exit after this answer (after a panic, say).
         retire: bool,
     },
+    /// "Still alive", sent every `--heartbeat-ms` by a thread of its own,
+    /// also while a module runs: a child that stops sending them (stopped,
+    /// frozen) is killed and replaced.
+    Heartbeat,
 }
 
 impl Message for FromHandler {
@@ -134,14 +138,14 @@ impl Message for FromHandler {
         match self {
             FromHandler::Part { data, .. } => Some(data),
             FromHandler::Done { output, .. } => Some(output),
-            FromHandler::Failed { .. } => None,
+            FromHandler::Failed { .. } | FromHandler::Heartbeat => None,
         }
     }
     fn set_payload(&mut self, payload: Bytes) -> bool {
         match self {
             FromHandler::Part { data, .. } => *data = payload,
             FromHandler::Done { output, .. } => *output = payload,
-            FromHandler::Failed { .. } => return false,
+            FromHandler::Failed { .. } | FromHandler::Heartbeat => return false,
         }
         true
     }
