@@ -202,6 +202,45 @@ pub struct ServeArgs {
     /// `error` (0: no heartbeats).
     #[arg(long, env = "TASKMASTER_HEARTBEAT", default_value_t = 2.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub heartbeat: f64,
+    /// A file whose first line is the client token every client must
+    /// present (socket hello, HTTP `Authorization: Bearer`). The token may
+    /// also come from TASKMASTER_TOKEN.
+    #[arg(long, env = "TASKMASTER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without a client token.
+    #[arg(long, env = "TASKMASTER_INSECURE")]
+    pub insecure: bool,
+    /// Most open connections (children and clients); more are closed at
+    /// once.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+    /// Most connections that have not yet said hello; more are closed at
+    /// once.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_HANDSHAKES",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_handshakes: usize,
+    /// Jobs one client connection may have in flight; beyond it the master
+    /// stops reading from that connection until answers are taken.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_IN_FLIGHT",
+        default_value_t = 4096,
+        value_name = "N"
+    )]
+    pub max_in_flight: usize,
+    /// Seconds a client connection with nothing in flight may stay silent
+    /// before it is closed (0: never).
+    #[arg(long, env = "TASKMASTER_CLIENT_IDLE_TIMEOUT", default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub client_idle_timeout: f64,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -212,6 +251,18 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 }
 
 impl ServeArgs {
+    /// The client token: from `--token-file`, else `TASKMASTER_TOKEN`.
+    pub fn token(&self) -> Result<Option<crate::config::Token>, crate::config::ConfigError> {
+        use taskmaster_proto::handshake::{read_token_file, TOKEN_ENV};
+        let token = match &self.token_file {
+            Some(path) => {
+                Some(read_token_file(path).map_err(crate::config::ConfigError::TokenFile)?)
+            }
+            None => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+        };
+        Ok(token.map(|t| crate::config::Token(t.into())))
+    }
+
     /// The settings these flags ask for (not yet validated).
     pub fn to_config(&self) -> Config {
         let handler = self.handler.clone().unwrap_or_else(|| {
@@ -245,6 +296,12 @@ impl ServeArgs {
             child_core_dumps: self.child_core_dumps,
             heartbeat: (self.heartbeat > 0.0)
                 .then(|| Duration::from_secs_f64(self.heartbeat.max(0.01))),
+            token: None,
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            max_in_flight: self.max_in_flight,
+            client_idle_timeout: (self.client_idle_timeout > 0.0)
+                .then(|| Duration::from_secs_f64(self.client_idle_timeout)),
         }
     }
 }

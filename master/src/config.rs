@@ -5,6 +5,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The client token. Its `Debug` hides it, so no log or panic message
+/// prints it.
+#[derive(Clone)]
+pub struct Token(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Whether `given` is this token (constant time).
+    pub fn matches(&self, given: &str) -> bool {
+        taskmaster_proto::handshake::tokens_match(given.as_bytes(), self.0.as_bytes())
+    }
+}
+
 /// The longest job time limit (a year): longer ones are clamped, so a
 /// deadline always fits the timer wheel.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -59,6 +77,16 @@ pub struct Config {
     pub child_core_dumps: bool,
     /// How often children send heartbeats (`None`: off).
     pub heartbeat: Option<Duration>,
+    /// The token clients must present (`None`: none required).
+    pub token: Option<Token>,
+    /// Open connections allowed.
+    pub max_connections: usize,
+    /// Connections before their hello allowed.
+    pub max_handshakes: usize,
+    /// Jobs one client connection may have in flight.
+    pub max_in_flight: usize,
+    /// How long a client connection with nothing in flight may stay silent.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// A user or group name (or number) resolved to its id.
@@ -137,6 +165,18 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// A limit that must be at least 1.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// Listening beyond loopback with no client token.
+    #[error("refusing to listen on {addr} (not loopback) without a client token: set --token-file or TASKMASTER_TOKEN, or pass --insecure")]
+    Exposed {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The token file cannot be used.
+    #[error("--token-file: {0}")]
+    TokenFile(String),
     /// `--job-timeout` above a year.
     #[error("--job-timeout must be at most 31536000 seconds (a year)")]
     JobTimeout,
@@ -165,6 +205,15 @@ impl Config {
         }
         if self.job_timeout.is_some_and(|t| t > MAX_TIMEOUT) {
             return Err(ConfigError::JobTimeout);
+        }
+        for (flag, v) in [
+            ("--max-connections", self.max_connections),
+            ("--max-handshakes", self.max_handshakes),
+            ("--max-in-flight", self.max_in_flight),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(flag));
+            }
         }
         if self.breaker_deaths == 0 {
             return Err(ConfigError::Breaker);

@@ -4,6 +4,7 @@
 //! same [`Answer`] the socket sends, so the two cannot drift apart.
 //! `docs/http-api.md` and `docs/openapi.yaml` describe it for users.
 
+use crate::config::Token;
 use crate::job::{Ack, Answer, Body, Op, Reply, Submission};
 use crate::metrics::Metrics;
 use crate::pool::{Health, PoolHandle};
@@ -39,7 +40,12 @@ type ApiState = State<Arc<Api>>;
 
 /// The API's routes, with request bodies bounded by `max_payload` (the
 /// frame limit: an HTTP job may not carry more than a socket job).
-pub fn router(pool: PoolHandle, metrics: Arc<Metrics>, max_payload: usize) -> Router {
+pub fn router(
+    pool: PoolHandle,
+    metrics: Arc<Metrics>,
+    max_payload: usize,
+    token: Option<Token>,
+) -> Router {
     let api = Arc::new(Api { pool, metrics });
     Router::new()
         .route("/jobs", get(list))
@@ -52,8 +58,41 @@ pub fn router(pool: PoolHandle, metrics: Arc<Metrics>, max_payload: usize) -> Ro
         .route("/events", get(events))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(max_payload))
+        .layer(middleware::from_fn_with_state(token, require_token))
         .layer(middleware::map_response(json_errors))
         .with_state(api)
+}
+
+/// Routes open without the client token: a load balancer's health check
+/// and a Prometheus scrape carry no secrets and reveal no job data.
+const OPEN_ROUTES: [&str; 2] = ["/healthz", "/metrics"];
+
+/// With a client token configured, every other route needs
+/// `Authorization: Bearer TOKEN` (401 otherwise).
+async fn require_token(
+    State(token): State<Option<Token>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if let Some(token) = &token {
+        if !OPEN_ROUTES.contains(&req.uri().path()) {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| token.matches(g)) {
+                let mut res = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong client token (Authorization: Bearer TOKEN)",
+                );
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return res;
+            }
+        }
+    }
+    next.run(req).await
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {

@@ -18,6 +18,16 @@ use tracing::{debug, warn};
 pub struct ListenerConfig {
     /// Largest payload in a frame.
     pub max_payload: usize,
+    /// The client token, when clients must present one.
+    pub token: Option<crate::config::Token>,
+    /// Jobs one client connection may have in flight.
+    pub max_in_flight: usize,
+    /// How long an idle client connection is kept.
+    pub client_idle: Option<Duration>,
+    /// Open connections allowed.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Connections before their hello allowed.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Accepts connections until the process ends.
@@ -25,11 +35,22 @@ pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<Liste
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Over a limit the connection is closed at once: it costs
+                // an accept and a close, never a task or a buffer.
+                let Ok(conn_permit) = cfg.connections.clone().try_acquire_owned() else {
+                    warn!(%peer, "too many connections (--max-connections); closing");
+                    continue;
+                };
+                let Ok(hello_permit) = cfg.handshakes.clone().try_acquire_owned() else {
+                    warn!(%peer, "too many connections without a hello (--max-handshakes); closing");
+                    continue;
+                };
                 let pool = pool.clone();
                 let cfg = cfg.clone();
                 tokio::spawn(async move {
                     debug!(%peer, "connection accepted");
-                    handle(stream, peer, pool, cfg).await;
+                    handle(stream, peer, pool, cfg, hello_permit).await;
+                    drop(conn_permit);
                 });
             }
             Err(e) => {
@@ -46,11 +67,14 @@ async fn handle(
     peer: std::net::SocketAddr,
     pool: PoolHandle,
     cfg: Arc<ListenerConfig>,
+    hello_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut reader = codec::frame_reader(read, cfg.max_payload);
-    match read_hello(&mut reader, HELLO_TIMEOUT).await {
+    let hello = read_hello(&mut reader, HELLO_TIMEOUT).await;
+    drop(hello_permit);
+    match hello {
         Err(e) => warn!(%peer, error = %e, "closing connection"),
         Ok(Hello::Handler(hello)) => pool.handler_hello(
             hello,
@@ -59,8 +83,6 @@ async fn handle(
                 writer: write,
             },
         ),
-        Ok(Hello::Client(hello)) => {
-            session::serve(reader, write, hello, peer, pool, cfg.max_payload).await
-        }
+        Ok(Hello::Client(hello)) => session::serve(reader, write, hello, peer, pool, &cfg).await,
     }
 }

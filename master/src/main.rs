@@ -36,10 +36,14 @@ fn main() -> ExitCode {
         return rt.block_on(cli::run_client(command));
     }
 
-    let cfg = cli.serve.to_config();
+    let mut cfg = cli.serve.to_config();
     if let Err(e) = cfg.validate() {
         return usage_error(e);
     }
+    cfg.token = match cli.serve.token() {
+        Ok(t) => t,
+        Err(e) => return usage_error(e),
+    };
     let listener = match config::bind(&cli.serve.listen) {
         Ok(l) => l,
         Err(e) => return usage_error(e),
@@ -48,6 +52,17 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(format!("--http: {e}")),
     };
+    // Anyone who can reach a non-loopback socket could submit jobs: not
+    // without a token, unless asked for in so many words.
+    if cfg.token.is_none() && !cli.serve.insecure {
+        for l in std::iter::once(&listener).chain(http.as_ref()) {
+            if let Ok(addr) = l.local_addr() {
+                if !addr.ip().is_loopback() {
+                    return usage_error(config::ConfigError::Exposed { addr });
+                }
+            }
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

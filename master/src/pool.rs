@@ -7,7 +7,7 @@
 //! child's exit while it holds the job (`error`), by a refusal at submit
 //! or from the queue (`overload`, `unknown-module`, `error`, `shutting-down`),
 //! by its time limit (`timeout`) or by a cancel (`cancelled`). Every answer
-//! goes through [`Pool::finish`], which also records it in the job table
+//! goes through `Pool::finish`, which also records it in the job table
 //! and the metrics.
 
 use crate::child::{ChildConn, ChildCtl, ExitInfo};

@@ -141,6 +141,11 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         child_nofile: None,
         child_core_dumps: false,
         heartbeat: None,
+        token: None,
+        max_connections: 1024,
+        max_handshakes: 64,
+        max_in_flight: 4096,
+        client_idle_timeout: None,
     };
     let fake = Arc::new(Fake::default());
     let (pool, done) = pool::start(

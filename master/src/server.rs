@@ -49,13 +49,19 @@ pub async fn run(
     };
     let listener_cfg = Arc::new(ListenerConfig {
         max_payload: cfg.max_payload,
+        token: cfg.token.clone(),
+        max_in_flight: cfg.max_in_flight,
+        client_idle: cfg.client_idle_timeout,
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes)),
     });
+    let token = cfg.token.clone();
     let metrics = Arc::new(Metrics::new());
     let instance: Arc<str> = fresh_instance().into();
     let max_payload = cfg.max_payload;
     let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);
     if let Some(http) = http {
-        let app = crate::http::router(pool.clone(), metrics, max_payload);
+        let app = crate::http::router(pool.clone(), metrics, max_payload, token);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app).await {
                 tracing::error!(error = %e, "HTTP API stopped");

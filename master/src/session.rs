@@ -4,6 +4,7 @@
 //! (backpressure), instead of making the master buffer without bound.
 
 use crate::job::{Ack, Answer, ConnReply, Op, Outgoing, Reply, Submission};
+use crate::listener::ListenerConfig;
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -15,9 +16,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
-/// Jobs (and job operations) one connection may have in flight before the
-/// master stops reading from it.
-pub const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// Longest `wait` a `Result` request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Most jobs one `Jobs` request lists.
@@ -31,8 +29,9 @@ pub async fn serve(
     hello: ClientHello,
     peer: SocketAddr,
     pool: PoolHandle,
-    max_payload: usize,
+    cfg: &ListenerConfig,
 ) {
+    let max_payload = cfg.max_payload;
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         let encode = |out: Outgoing, buf: &mut BytesMut| codec::encode(&out.msg, buf);
@@ -43,14 +42,23 @@ pub async fn serve(
     let say = |msg| {
         let _ = tx.send(Outgoing { msg, permit: None });
     };
-    if hello.version != PROTOCOL_VERSION {
+    let refusal = if hello.version != PROTOCOL_VERSION {
         warn!(%peer, version = hello.version, "client speaks another protocol version");
-        say(ToClient::Refused {
-            message: format!(
-                "protocol version {} not supported (master speaks {PROTOCOL_VERSION})",
-                hello.version
-            ),
-        });
+        Some(format!(
+            "protocol version {} not supported (master speaks {PROTOCOL_VERSION})",
+            hello.version
+        ))
+    } else if let Some(token) = &cfg.token {
+        let good = hello.token.as_deref().is_some_and(|t| token.matches(t));
+        if !good {
+            warn!(%peer, token_given = hello.token.is_some(), "client refused: bad or missing client token");
+        }
+        (!good).then(|| "bad or missing client token".to_owned())
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        say(ToClient::Refused { message });
         drop(tx);
         let _ = writer.await;
         return;
@@ -60,9 +68,26 @@ pub async fn serve(
         max_payload: max_payload as u64,
         instance: pool.instance().to_owned(),
     });
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let max_in_flight = cfg.max_in_flight;
+    let permits = Arc::new(Semaphore::new(max_in_flight));
     loop {
-        match codec::read_message::<ToMaster, _>(&mut reader).await {
+        let frame = match cfg.client_idle {
+            // Only a connection with nothing in flight is idle: one
+            // waiting for long jobs is not.
+            Some(idle) if permits.available_permits() == max_in_flight => {
+                match tokio::time::timeout(idle, codec::read_message::<ToMaster, _>(&mut reader))
+                    .await
+                {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        debug!(%peer, "idle client connection closed (--client-idle-timeout)");
+                        break;
+                    }
+                }
+            }
+            _ => codec::read_message::<ToMaster, _>(&mut reader).await,
+        };
+        match frame {
             Ok(Some(ToMaster::Submit {
                 tag,
                 module,

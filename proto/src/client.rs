@@ -114,6 +114,9 @@ pub enum ClientError {
     /// The master found the request malformed (a bad job id, say).
     #[error("{0}")]
     Invalid(String),
+    /// The client token could not be read.
+    #[error("client token: {0}")]
+    Token(String),
 }
 
 /// A job operation's raw answer: what the master's
@@ -234,11 +237,17 @@ impl JobHandle {
 }
 
 impl Client {
-    /// Connects and says hello as a client.
+    /// Connects and says hello as a client. With `token` `None`, the token
+    /// comes from the environment (`TASKMASTER_TOKEN`, or the file named by
+    /// `TASKMASTER_TOKEN_FILE`), if any.
     pub async fn connect(
         addr: impl ToSocketAddrs,
         token: Option<String>,
     ) -> Result<Client, ClientError> {
+        let token = match token {
+            Some(t) => Some(t),
+            None => crate::handshake::token_from_env().map_err(ClientError::Token)?,
+        };
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, mut write) = stream.into_split();

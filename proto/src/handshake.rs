@@ -43,6 +43,47 @@ pub fn secrets_match(a: &[u8; SECRET_LEN], b: &[u8; SECRET_LEN]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Compares a client token with the configured one in time independent of
+/// where they differ (only the length can be told apart).
+pub fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Environment variable holding the client token itself.
+pub const TOKEN_ENV: &str = "TASKMASTER_TOKEN";
+/// Environment variable naming a file that holds the client token.
+pub const TOKEN_FILE_ENV: &str = "TASKMASTER_TOKEN_FILE";
+
+/// A client token from a file: its first line, without the line end.
+/// Empty or unreadable files are errors, so a typo never means "no token".
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if token.is_empty() {
+        return Err(format!("{}: the token file is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// The client token the environment gives: `TASKMASTER_TOKEN`, else the
+/// file `TASKMASTER_TOKEN_FILE` names.
+pub fn token_from_env() -> Result<Option<String>, String> {
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        if !token.is_empty() {
+            return Ok(Some(token));
+        }
+    }
+    match std::env::var_os(TOKEN_FILE_ENV) {
+        Some(path) if !path.is_empty() => read_token_file(std::path::Path::new(&path)).map(Some),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +94,14 @@ mod tests {
         let mut other = [1; 32];
         other[31] = 2;
         assert!(!secrets_match(&[1; 32], &other));
+    }
+
+    #[test]
+    fn tokens_compare() {
+        assert!(tokens_match(b"abc", b"abc"));
+        assert!(!tokens_match(b"abd", b"abc"));
+        assert!(!tokens_match(b"ab", b"abc"));
+        assert!(!tokens_match(b"", b"abc"));
     }
 
     #[tokio::test(start_paused = true)]
