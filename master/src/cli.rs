@@ -224,7 +224,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TASKMASTER_MAX_HANDSHAKES",
-        default_value_t = 64,
+        default_value_t = 512,
         value_name = "N"
     )]
     pub max_handshakes: usize,

@@ -12,6 +12,18 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(cli::EXIT_USAGE)
 }
 
+/// Lifts the soft open-file limit to the hard one: every child and client
+/// costs the master a descriptor, and a soft limit of 1024 would turn
+/// `--max-connections` into a lie.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -63,6 +75,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    raise_open_file_limit();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -337,6 +337,8 @@ struct Pool {
     generation: u64,
     /// The fresh child a rolling restart is waiting for.
     rolling: Option<ChildId>,
+    /// A rolling restart is under way (for its "done" line).
+    restarting: bool,
     events: Events,
     /// Module names the children run (all run the same handler program).
     modules: HashSet<String>,
@@ -393,6 +395,7 @@ pub fn start(
         deaths: VecDeque::new(),
         generation: 0,
         rolling: None,
+        restarting: false,
         events,
         modules: HashSet::new(),
         counters: Counters::default(),
@@ -1164,6 +1167,7 @@ impl Pool {
             return;
         }
         self.generation += 1;
+        self.restarting = true;
         let stale = self.stale_children().len();
         info!(
             children = stale,
@@ -1191,15 +1195,19 @@ impl Pool {
         if self.shutting_down || self.rolling.is_some() || self.broken.is_some() {
             return;
         }
-        if self.stale_children().is_empty() {
-            return;
-        }
         // One old child at a time: wait for the one finishing its job.
-        if self
+        let old_finishing = self
             .children
             .values()
-            .any(|s| s.retire_when_free && s.state != State::Stopping)
-        {
+            .any(|s| s.retire_when_free && s.state != State::Stopping);
+        if self.stale_children().is_empty() {
+            if self.restarting && !old_finishing {
+                self.restarting = false;
+                info!(generation = self.generation, "rolling restart done");
+            }
+            return;
+        }
+        if old_finishing {
             return;
         }
         if self.starting > 0 {
@@ -1235,10 +1243,7 @@ impl Pool {
                     slot.retire_when_free = true;
                 }
             }
-            None => info!(generation = self.generation, "rolling restart done"),
-        }
-        if self.stale_children().is_empty() && idle.is_some() {
-            info!(generation = self.generation, "rolling restart done");
+            None => {}
         }
     }
 

@@ -17,4 +17,5 @@ mod faults;
 mod http;
 mod jobs;
 mod pool;
+mod supervision;
 mod wire;
