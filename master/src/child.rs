@@ -301,6 +301,9 @@ async fn serve(
     let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stall_reported = false;
+    // Only a child that has sent a heartbeat is held to them: a handler not
+    // built on the handler library may not send any.
+    let mut beats = false;
     let ChildConn {
         mut reader,
         mut writer,
@@ -314,6 +317,7 @@ async fn serve(
             frame = codec::read_message::<FromHandler, _>(&mut reader) => match frame {
                 Ok(Some(msg)) => {
                     last_frame = tokio::time::Instant::now();
+                    beats |= matches!(msg, FromHandler::Heartbeat);
                     forward(id, msg, pool);
                 }
                 Ok(None) => break,
@@ -384,7 +388,7 @@ async fn serve(
                 drain(id, &mut reader, pool).await;
                 return info;
             }
-            _ = beat.tick(), if heartbeat.is_some() && !stall_reported => {
+            _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
                 let silent = last_frame.elapsed();
                 if silent > heartbeat.unwrap_or_default() * 3 {
                     stall_reported = true;

@@ -442,6 +442,15 @@ pub async fn run_client(command: Command) -> ExitCode {
         Command::Events(args) => {
             let addr = args.conn.connect.clone();
             with_client(&addr, |c| async move {
+                if let Some(id) = &args.job {
+                    let (instance, _) = taskmaster_proto::jobs::parse_id(id)
+                        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    if instance != c.instance() {
+                        return Err(ClientError::NotFound(format!(
+                            "no job {id} (from another master run)"
+                        )));
+                    }
+                }
                 let mut events = c.events(args.job.as_deref())?;
                 while let Some((name, json)) = events.recv().await {
                     let mut out = std::io::stdout().lock();

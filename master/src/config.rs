@@ -97,17 +97,27 @@ pub fn resolve_ids(cfg: &Config) -> Result<(Option<u32>, Option<u32>), ConfigErr
         name: name.to_owned(),
         why,
     };
-    let uid = match &cfg.child_user {
+    let user = match &cfg.child_user {
         None => None,
         Some(name) => Some(match name.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => User::from_name(name)
-                .map_err(|e| bad("user", name, e.to_string()))?
-                .ok_or_else(|| bad("user", name, "no such user".into()))?
-                .uid
-                .as_raw(),
+            Ok(n) => (
+                n,
+                User::from_uid(n.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.gid.as_raw()),
+            ),
+            Err(_) => {
+                let u = User::from_name(name)
+                    .map_err(|e| bad("user", name, e.to_string()))?
+                    .ok_or_else(|| bad("user", name, "no such user".into()))?;
+                (u.uid.as_raw(), Some(u.gid.as_raw()))
+            }
         }),
     };
+    let uid = user.map(|(uid, _)| uid);
+    // Without --child-group, the user's own primary group: never root's.
+    let primary = user.and_then(|(_, gid)| gid);
     let gid = match &cfg.child_group {
         None => None,
         Some(name) => Some(match name.parse::<u32>() {
@@ -119,7 +129,7 @@ pub fn resolve_ids(cfg: &Config) -> Result<(Option<u32>, Option<u32>), ConfigErr
                 .as_raw(),
         }),
     };
-    Ok((uid, gid))
+    Ok((uid, gid.or(primary)))
 }
 
 /// A setting that cannot work.

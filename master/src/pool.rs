@@ -34,6 +34,9 @@ use tracing::{debug, error, info, warn};
 /// The master's id for a child (not its pid, which the OS may reuse).
 pub type ChildId = u64;
 
+/// Start-up failures in a row (no child ready in between) that trip the
+/// breaker whatever the window says.
+const STARTUP_FAILURES_IN_A_ROW: u32 = 3;
 /// First respawn delay after a start-up failure; doubles each time.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest respawn delay: a broken handler is retried this often, forever,
@@ -878,10 +881,12 @@ impl Pool {
             return;
         }
         let now = Instant::now();
+        // Old children a rolling restart retires after their job do not
+        // count: their replacements are what stays.
         let live = |p: &Pool| {
             p.children
                 .values()
-                .filter(|s| s.state != State::Stopping)
+                .filter(|s| s.state != State::Stopping && !s.retire_when_free)
                 .count()
         };
         while live(self) > self.cfg.pool_start {
@@ -1062,7 +1067,7 @@ impl Pool {
                 output,
                 retire,
             } => {
-                if let Some((job, reply)) = self.take_job(id, job) {
+                if let Some((job, reply)) = self.take_job(id, job, retire) {
                     if reply.is_some() {
                         self.finish(job, reply, End::Completed(output));
                     }
@@ -1075,7 +1080,7 @@ impl Pool {
                 message,
                 retire,
             } => {
-                if let Some((job, reply)) = self.take_job(id, job) {
+                if let Some((job, reply)) = self.take_job(id, job, retire) {
                     // A child may only report its module's failure or a
                     // missing module; any other word would be a lie about
                     // the pool.
@@ -1129,7 +1134,6 @@ impl Pool {
         self.backoff_until = None;
         if let Some(cause) = self.broken.take() {
             info!(%cause, "a child started again; jobs are accepted (breaker cleared)");
-            self.deaths.clear();
             self.events.emit(|| Event {
                 message: Some(cause),
                 ..Event::new("breaker-cleared")
@@ -1287,10 +1291,21 @@ impl Pool {
         (self.queue.len() + self.prefetched).saturating_sub(self.starting)
     }
 
-    fn take_job(&mut self, id: ChildId, job: JobId) -> Option<(JobId, Option<Reply>)> {
+    /// Takes the finished front job off a child. `retire`: the child exits
+    /// after this answer, so the jobs behind it never start (they are
+    /// requeued by `after_job`).
+    fn take_job(
+        &mut self,
+        id: ChildId,
+        job: JobId,
+        retire: bool,
+    ) -> Option<(JobId, Option<Reply>)> {
         self.held_job(id, job)?;
         let slot = self.children.get_mut(&id)?;
         let held = slot.jobs.pop_front()?;
+        if retire && !slot.jobs.is_empty() {
+            return Some((held.id, held.reply));
+        }
         let stopping = slot.state == State::Stopping;
         let next = slot.jobs.front_mut().map(|h| {
             // A child being killed never starts the next one.
@@ -1429,6 +1444,15 @@ impl Pool {
             // Nobody asked it to go: a death that counts toward the breaker.
             warn!(pid = slot.pid, child = id, %how, "idle child died");
             self.death(format!("a child {how} while idle"));
+            // Started fine, died idle: respawn, but not faster than the
+            // deaths in the window allow, or a flapping handler would spin.
+            let recent = self.deaths.len().max(1) as u32;
+            if recent > 1 {
+                let delay = BACKOFF_START
+                    .saturating_mul(1 << (recent - 1).min(16))
+                    .min(BACKOFF_MAX);
+                self.backoff_until = Some(Instant::now() + delay);
+            }
         } else {
             info!(pid = slot.pid, child = id, %how, "child exited");
         }
@@ -1484,7 +1508,13 @@ impl Pool {
         {
             self.deaths.pop_front();
         }
-        if self.broken.is_none() && self.deaths.len() >= self.cfg.breaker_deaths as usize {
+        // Also a handler that never gets ready, however slowly it fails
+        // (past the ready deadline, say): a few start-up failures in a row.
+        let in_a_row =
+            self.failures_in_a_row >= STARTUP_FAILURES_IN_A_ROW.min(self.cfg.breaker_deaths);
+        if self.broken.is_none()
+            && (self.deaths.len() >= self.cfg.breaker_deaths as usize || in_a_row)
+        {
             error!(
                 deaths = self.deaths.len(),
                 window_secs = self.cfg.breaker_window.as_secs_f64(),

@@ -16,6 +16,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
+/// Events waiting to be written to one subscriber before more are dropped.
+const EVENT_BACKLOG: usize = 4096;
 /// Longest `wait` a `Result` request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Most jobs one `Jobs` request lists.
@@ -160,6 +162,9 @@ pub async fn serve(
             Ok(Some(ToMaster::Events { tag, job })) => {
                 let mut events = pool.subscribe();
                 let tx = tx.clone();
+                // Events waiting to be written to this client are bounded:
+                // one that does not read loses events, not master memory.
+                let backlog = Arc::new(Semaphore::new(EVENT_BACKLOG));
                 tokio::spawn(async move {
                     loop {
                         let event = match events.recv().await {
@@ -173,12 +178,22 @@ pub async fn serve(
                         if !job.is_empty() && event.job.as_deref() != Some(job.as_str()) {
                             continue;
                         }
+                        let Ok(permit) = backlog.clone().try_acquire_owned() else {
+                            debug!(%peer, "event subscriber not reading; event dropped");
+                            continue;
+                        };
                         let msg = ToClient::Event {
                             tag,
                             name: event.name.to_owned(),
                             json: event.json(),
                         };
-                        if tx.send(Outgoing { msg, permit: None }).is_err() {
+                        if tx
+                            .send(Outgoing {
+                                msg,
+                                permit: Some(permit),
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -1142,6 +1142,17 @@ async fn every_documented_operation_answers_as_documented() {
         let values: HashMap<&str, String> =
             [("module_or_id", target.clone()), ("id", target)].into();
         let path = fill(template, &values);
+        // A stream never ends: its headers are the answer to check.
+        if op["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some()
+        {
+            let head = stream_head(&m, &path);
+            if !(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream")) {
+                problems.push(format!("{method} {path}: stream answered {head:?}"));
+            }
+            continue;
+        }
         // Without and with `wait` where the operation takes it.
         let takes_wait = op["parameters"]
             .as_array()
@@ -1274,4 +1285,22 @@ async fn documented_route_rules_hold() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// The status line and headers of a streaming GET (read until the blank
+/// line; the body never ends).
+fn stream_head(m: &Master, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = m.http_addr.clone().expect("master with --http");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head)
+        .to_lowercase()
+        .replace("http/1.1", "HTTP/1.1")
 }
