@@ -177,6 +177,10 @@ impl Launcher for ProcessLauncher {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
+            // The client token is the master's; module code must not read
+            // it from its environment.
+            .env_remove(taskmaster_proto::handshake::TOKEN_ENV)
+            .env_remove(taskmaster_proto::handshake::TOKEN_FILE_ENV)
             .process_group(0);
         if let Some(gid) = self.gid {
             cmd.gid(gid);

@@ -210,8 +210,8 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address without a client token.
     #[arg(long, env = "TASKMASTER_INSECURE")]
     pub insecure: bool,
-    /// Most open connections (children and clients); more are closed at
-    /// once.
+    /// Most open client connections (socket clients after their hello, and
+    /// HTTP connections; children do not count); more are closed at once.
     #[arg(
         long,
         env = "TASKMASTER_MAX_CONNECTIONS",

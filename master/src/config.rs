@@ -252,6 +252,10 @@ fn check_executable(path: &PathBuf) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Connections the kernel may hold for `accept` (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Binds the listening socket now, so an unusable address fails before any
 /// child is spawned.
 pub fn bind(addr: &str) -> Result<std::net::TcpListener, ConfigError> {
@@ -262,11 +266,26 @@ pub fn bind(addr: &str) -> Result<std::net::TcpListener, ConfigError> {
     let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .map_err(|e| err(e.to_string()))?
         .collect();
-    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(|e| err(e.to_string()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(listener)
+    let mut last = err("no address".into());
+    for a in addrs {
+        match listen(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = err(e.to_string()),
+        }
+    }
+    Err(last)
+}
+
+/// A listening socket with a deep accept backlog: std's 128 turns a burst
+/// of connects into SYN retransmits (a second each).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The address children connect back to: the listener's own, with a

@@ -63,6 +63,49 @@ pub fn router(
         .with_state(api)
 }
 
+/// How long a connection may take to send a request's headers (also the
+/// longest an idle keep-alive connection is kept).
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves the API: each connection needs a permit from `connections` (the
+/// master's `--max-connections`, shared with socket clients) and must send
+/// its headers within [`HEADER_DEADLINE`], so idle or slow peers cost a
+/// bounded number of descriptors.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    connections: Arc<tokio::sync::Semaphore>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections (--max-connections); closing HTTP connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
 /// Routes open without the client token: a load balancer's health check
 /// and a Prometheus scrape carry no secrets and reveal no job data.
 const OPEN_ROUTES: [&str; 2] = ["/healthz", "/metrics"];

@@ -62,11 +62,8 @@ pub async fn run(
     let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);
     if let Some(http) = http {
         let app = crate::http::router(pool.clone(), metrics, max_payload, token);
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
-                tracing::error!(error = %e, "HTTP API stopped");
-            }
-        });
+        let connections = listener_cfg.connections.clone();
+        tokio::spawn(crate::http::serve(http, app, connections));
     }
     let signals = crate::signals::forward(pool.clone());
     tokio::spawn(listener::accept_loop(listener, pool.clone(), listener_cfg));

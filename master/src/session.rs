@@ -72,23 +72,32 @@ pub async fn serve(
     });
     let max_in_flight = cfg.max_in_flight;
     let permits = Arc::new(Semaphore::new(max_in_flight));
+    // One timer for the connection, re-armed only when it fires: a timer
+    // per frame would cost the hot path.
+    let idle_timer = tokio::time::sleep(cfg.client_idle.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(idle_timer);
+    let mut last_frame = tokio::time::Instant::now();
     loop {
-        let frame = match cfg.client_idle {
-            // Only a connection with nothing in flight is idle: one
-            // waiting for long jobs is not.
-            Some(idle) if permits.available_permits() == max_in_flight => {
-                match tokio::time::timeout(idle, codec::read_message::<ToMaster, _>(&mut reader))
-                    .await
-                {
-                    Ok(frame) => frame,
-                    Err(_) => {
-                        debug!(%peer, "idle client connection closed (--client-idle-timeout)");
-                        break;
-                    }
+        let frame = tokio::select! {
+            biased;
+            frame = codec::read_message::<ToMaster, _>(&mut reader) => frame,
+            // Reading a frame is cancel-safe (a partial one stays buffered
+            // in the reader), so the idle check may interrupt it.
+            () = &mut idle_timer, if cfg.client_idle.is_some() => {
+                let idle = cfg.client_idle.unwrap_or_default();
+                // Only a connection with nothing in flight is idle: one
+                // waiting for long jobs is not.
+                let quiet = permits.available_permits() == max_in_flight;
+                if quiet && last_frame.elapsed() >= idle {
+                    debug!(%peer, "idle client connection closed (--client-idle-timeout)");
+                    break;
                 }
+                let from = if quiet { last_frame } else { tokio::time::Instant::now() };
+                idle_timer.as_mut().reset(from + idle);
+                continue;
             }
-            _ => codec::read_message::<ToMaster, _>(&mut reader).await,
         };
+        last_frame = tokio::time::Instant::now();
         match frame {
             Ok(Some(ToMaster::Submit {
                 tag,

@@ -8,14 +8,19 @@
 //! memory, docs/openapi.yaml conformance), `jobs` (job operations on the
 //! socket with the Rust client and the CLI), `supervision` (time limits,
 //! recycling, idle shrink, the crash-loop breaker, drain, SIGHUP under load,
-//! lifecycle events, chaos).
+//! lifecycle events, chaos), `hardening` (stolen and replayed child
+//! secrets, forged answers, client tokens, unread answers, idle and slow
+//! connections, connection limits, non-loopback binds), `soak` (mixed load
+//! with a child killed every second; RSS, fds and respawns flat).
 
 mod bench;
 mod cli;
 mod example;
 mod faults;
+mod hardening;
 mod http;
 mod jobs;
 mod pool;
+mod soak;
 mod supervision;
 mod wire;

@@ -446,3 +446,115 @@ pub async fn try_http(
         Err(_) => panic!("{method} {url}: no whole answer within {HTTP_DEADLINE:?}"),
     }
 }
+
+/// As [`http`], with extra request headers (an `Authorization`, say).
+pub async fn http_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> HttpAnswer {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|e| panic!("{method} {url}: bad request: {e}"));
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"))
+            .to_bytes();
+        HttpAnswer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(HTTP_DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url}: no whole answer within {HTTP_DEADLINE:?}"))
+}
+
+impl Master {
+    /// Starts `taskmaster` with exactly `args` (no `--listen` added: the
+    /// caller chooses the address) and the stock handler, and waits for its
+    /// listening line. `addr` is the address it logged.
+    pub fn start_exact(args: &[&str]) -> Master {
+        Self::start_exact_env(args, &[])
+    }
+
+    /// As [`Master::start_exact`], with these environment variables set.
+    pub fn start_exact_env(args: &[&str], env: &[(&str, &str)]) -> Master {
+        let mut cmd = Command::new(bin("taskmaster"));
+        cmd.arg("--handler")
+            .arg(bin("taskmaster-handler"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("TASKMASTER_POOL_START")
+            .env_remove("TASKMASTER_POOL_MAX")
+            .env_remove("TASKMASTER_JOB_MAX")
+            .env_remove("TASKMASTER_LISTEN")
+            .env_remove("TASKMASTER_HTTP")
+            .env_remove("TASKMASTER_INSECURE")
+            .env_remove("TASKMASTER_TOKEN")
+            .env_remove("TASKMASTER_TOKEN_FILE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start taskmaster");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TASKMASTER_TEST_ECHO_LOG").is_some() {
+                    eprintln!("master: {line}");
+                }
+                sink.lines.lock().unwrap().0.push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().1 = true;
+            sink.changed.notify_all();
+        });
+        let mut master = Master {
+            pid: child.id(),
+            child: Some(child),
+            addr: String::new(),
+            http_addr: None,
+            log,
+            seen: Vec::new(),
+        };
+        let line = master.wait_log("listening", Duration::from_secs(10));
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address in the listening line");
+        master.addr = addr.to_owned();
+        master
+    }
+}
+
+/// Count of open file descriptors of `pid` (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
