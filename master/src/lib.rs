@@ -34,4 +34,6 @@ pub mod signals;
 pub mod table;
 
 #[cfg(test)]
+mod pool_model;
+#[cfg(test)]
 mod pool_tests;

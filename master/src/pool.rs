@@ -838,6 +838,9 @@ impl Pool {
         let Some(slot) = self.children.get_mut(&id) else {
             return;
         };
+        if slot.state == State::Stopping {
+            return;
+        }
         if self.shutting_down {
             slot.state = State::Stopping;
             let _ = slot.ctl.send(ChildCtl::Stop);
@@ -1118,6 +1121,9 @@ impl Pool {
             return;
         }
         self.starting -= 1;
+        // No longer starting, not yet in the idle list: whatever retires it
+        // before `child_free` (a second SIGHUP) must not count it down again.
+        slot.state = State::Idle;
         info!(
             pid = slot.pid,
             child = id,
@@ -1154,7 +1160,7 @@ impl Pool {
             // The fresh child is ready: one old one goes (now if it is
             // idle, else after its job), then the next step.
             self.rolling = None;
-            self.replace_one_stale();
+            self.replace_one_stale(id);
         }
         self.child_free(id);
         // A new child may have been wanted by more queued jobs than it takes.
@@ -1211,7 +1217,9 @@ impl Pool {
             }
             return;
         }
-        if old_finishing {
+        // One above pool-max at most: the next fresh child waits until the
+        // old one just retired has exited.
+        if old_finishing || self.children.len() > self.cfg.pool_max {
             return;
         }
         if self.starting > 0 {
@@ -1230,10 +1238,13 @@ impl Pool {
         self.spawn_child();
     }
 
-    /// Retires one old child: an idle one now, else the first busy one
-    /// after its job.
-    fn replace_one_stale(&mut self) {
-        let stale = self.stale_children();
+    /// Retires one old child for the fresh one `fresh`: an idle one now,
+    /// else the first busy one after its job. Never `fresh` itself, even if
+    /// another SIGHUP made it old while it started: it takes work now and
+    /// is replaced in a later step.
+    fn replace_one_stale(&mut self, fresh: ChildId) {
+        let mut stale = self.stale_children();
+        stale.retain(|&c| c != fresh);
         let idle = stale
             .iter()
             .copied()
@@ -1459,6 +1470,7 @@ impl Pool {
         self.replenish();
         self.dispatch_queue();
         self.prefetch();
+        self.roll();
     }
 
     fn startup_failure(&mut self, pid: Option<u32>, how: String) {
