@@ -69,7 +69,7 @@ const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serves the API: each connection needs a permit from `connections` (the
 /// master's `--max-connections`, shared with socket clients) and must send
-/// its headers within [`HEADER_DEADLINE`], so idle or slow peers cost a
+/// its headers within `HEADER_DEADLINE`, so idle or slow peers cost a
 /// bounded number of descriptors.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -555,24 +555,42 @@ async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response 
     )
 }
 
-/// axum answers a known route's wrong method with an empty 405 (its
-/// `Allow` header is added further out); the API promises a JSON error body
-/// on every failure.
+/// Every failure answer is JSON `{"error"}`: axum answers some on its own
+/// (an empty 405 whose `Allow` header is added further out, a plain-text
+/// 400 for a path that is not UTF-8), and those are rewritten here.
 async fn json_errors(res: Response) -> Response {
-    if res.status() != StatusCode::METHOD_NOT_ALLOWED
-        || res.headers().contains_key(header::CONTENT_TYPE)
-    {
+    let failed = res.status().is_client_error() || res.status().is_server_error();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !failed || is_json {
         return res;
     }
-    let (parts, _) = res.into_parts();
-    let body = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this route (see the Allow header)",
-    );
-    let mut out = Response::from_parts(parts, body.into_body());
-    out.headers_mut().insert(
+    let status = res.status();
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 8 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "method not allowed on this route (see the Allow header)".to_owned()
+            }
+            other => other
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_lowercase(),
+        }
+    } else {
+        text
+    };
+    let body = serde_json::to_vec(&ErrorBody { error: message }).expect("error bodies serialize");
+    parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    out
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

@@ -72,7 +72,14 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let mut reader = codec::frame_reader(read, cfg.max_payload);
+    // Before a peer has proved anything it may send a hello, nothing big.
+    reader
+        .decoder_mut()
+        .set_max_frame_length(codec::HEADER_LIMIT);
     let hello = read_hello(&mut reader, HELLO_TIMEOUT).await;
+    reader
+        .decoder_mut()
+        .set_max_frame_length(codec::max_frame_len(cfg.max_payload));
     drop(hello_permit);
     match hello {
         Err(e) => warn!(%peer, error = %e, "closing connection"),

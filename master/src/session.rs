@@ -35,8 +35,19 @@ pub async fn serve(
 ) {
     let max_payload = cfg.max_payload;
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    // When the connection last sent something (ms since it opened): the
+    // idle clock runs from the later of the last frame in and out.
+    let opened = tokio::time::Instant::now();
+    let last_out = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let written = last_out.clone();
     let writer = tokio::spawn(async move {
-        let encode = |out: Outgoing, buf: &mut BytesMut| codec::encode(&out.msg, buf);
+        let encode = |out: Outgoing, buf: &mut BytesMut| {
+            written.store(
+                opened.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            codec::encode(&out.msg, buf)
+        };
         if let Err(e) = codec::write_batched(write, rx, encode).await {
             debug!(%peer, error = %e, "client connection write failed");
         }
@@ -88,11 +99,14 @@ pub async fn serve(
                 // Only a connection with nothing in flight is idle: one
                 // waiting for long jobs is not.
                 let quiet = permits.available_permits() == max_in_flight;
-                if quiet && last_frame.elapsed() >= idle {
+                let out = opened
+                    + Duration::from_millis(last_out.load(std::sync::atomic::Ordering::Relaxed));
+                let last = last_frame.max(out);
+                if quiet && last.elapsed() >= idle {
                     debug!(%peer, "idle client connection closed (--client-idle-timeout)");
                     break;
                 }
-                let from = if quiet { last_frame } else { tokio::time::Instant::now() };
+                let from = if quiet { last } else { tokio::time::Instant::now() };
                 idle_timer.as_mut().reset(from + idle);
                 continue;
             }

@@ -152,17 +152,70 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
 }
 
 /// An async frame reader (cancel-safe, so it can sit in `select!`).
-pub type FrameReader<R> = FramedRead<R, LengthDelimitedCodec>;
+pub type FrameReader<R> = FramedRead<R, FrameCodec>;
+
+/// The 4-byte big-endian length framing with a frame limit. It wraps
+/// tokio-util's codec to tell a stream that ends inside a frame, even right
+/// after its length prefix (which tokio-util consumes at once), from a clean
+/// end between frames: the first is [`CodecError::Truncated`].
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    /// A length prefix has been taken and its frame is not complete.
+    in_frame: bool,
+}
+
+impl FrameCodec {
+    /// The largest frame (header and payload) accepted now.
+    pub fn max_frame_length(&self) -> usize {
+        self.inner.max_frame_length()
+    }
+
+    /// Changes the frame limit (small for a hello, the payload limit after).
+    pub fn set_max_frame_length(&mut self, max: usize) {
+        self.inner.set_max_frame_length(max);
+    }
+}
+
+impl tokio_util::codec::Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, io::Error> {
+        let before = src.len();
+        let frame = self.inner.decode(src)?;
+        if frame.is_some() {
+            self.in_frame = false;
+        } else if src.len() < before {
+            self.in_frame = true;
+        }
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, io::Error> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if self.in_frame || !src.is_empty() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream ended inside a frame",
+            )),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Wraps a reader in the 4-byte big-endian length codec with a frame limit.
 pub fn frame_reader<R: AsyncRead>(io: R, max_payload: usize) -> FrameReader<R> {
     FramedRead::with_capacity(
         io,
-        LengthDelimitedCodec::builder()
-            .length_field_length(LENGTH_BYTES)
-            .big_endian()
-            .max_frame_length(max_frame_len(max_payload))
-            .new_codec(),
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(LENGTH_BYTES)
+                .big_endian()
+                .max_frame_length(max_frame_len(max_payload))
+                .new_codec(),
+            in_frame: false,
+        },
         16 * 1024,
     )
 }
