@@ -123,7 +123,11 @@ async fn require_token(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                // The scheme name is case-insensitive (RFC 9110).
+                .and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+                });
             if !given.is_some_and(|g| token.matches(g)) {
                 let mut res = error(
                     StatusCode::UNAUTHORIZED,

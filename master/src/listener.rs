@@ -37,10 +37,8 @@ pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<Liste
             Ok((stream, peer)) => {
                 // Over a limit the connection is closed at once: it costs
                 // an accept and a close, never a task or a buffer.
-                let Ok(conn_permit) = cfg.connections.clone().try_acquire_owned() else {
-                    warn!(%peer, "too many connections (--max-connections); closing");
-                    continue;
-                };
+                // (`--max-connections` is taken after a client's hello:
+                // children never count against it.)
                 let Ok(hello_permit) = cfg.handshakes.clone().try_acquire_owned() else {
                     warn!(%peer, "too many connections without a hello (--max-handshakes); closing");
                     continue;
@@ -50,7 +48,6 @@ pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<Liste
                 tokio::spawn(async move {
                     debug!(%peer, "connection accepted");
                     handle(stream, peer, pool, cfg, hello_permit).await;
-                    drop(conn_permit);
                 });
             }
             Err(e) => {
@@ -90,6 +87,12 @@ async fn handle(
                 writer: write,
             },
         ),
-        Ok(Hello::Client(hello)) => session::serve(reader, write, hello, peer, pool, &cfg).await,
+        Ok(Hello::Client(hello)) => {
+            let slot = cfg.connections.clone().try_acquire_owned().ok();
+            if slot.is_none() {
+                warn!(%peer, "too many connections (--max-connections); refusing client");
+            }
+            session::serve(reader, write, hello, peer, pool, &cfg, slot).await
+        }
     }
 }

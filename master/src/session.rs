@@ -14,7 +14,7 @@ use taskmaster_proto::codec::{self, FrameReader};
 use taskmaster_proto::messages::{ClientHello, ToClient, ToMaster, PROTOCOL_VERSION};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Events waiting to be written to one subscriber before more are dropped.
 const EVENT_BACKLOG: usize = 4096;
@@ -32,7 +32,11 @@ pub async fn serve(
     peer: SocketAddr,
     pool: PoolHandle,
     cfg: &ListenerConfig,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    // The connection's place under `--max-connections` is held until its
+    // writer is done, that is until every answer owed has gone out.
+    let refused_full = slot.is_none();
     let max_payload = cfg.max_payload;
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     // When the connection last sent something (ms since it opened): the
@@ -41,6 +45,7 @@ pub async fn serve(
     let last_out = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let written = last_out.clone();
     let writer = tokio::spawn(async move {
+        let _slot = slot;
         let encode = |out: Outgoing, buf: &mut BytesMut| {
             written.store(
                 opened.elapsed().as_millis() as u64,
@@ -55,7 +60,9 @@ pub async fn serve(
     let say = |msg| {
         let _ = tx.send(Outgoing { msg, permit: None });
     };
-    let refusal = if hello.version != PROTOCOL_VERSION {
+    let refusal = if refused_full {
+        Some("too many connections (--max-connections)".to_owned())
+    } else if hello.version != PROTOCOL_VERSION {
         warn!(%peer, version = hello.version, "client speaks another protocol version");
         Some(format!(
             "protocol version {} not supported (master speaks {PROTOCOL_VERSION})",
@@ -103,7 +110,7 @@ pub async fn serve(
                     + Duration::from_millis(last_out.load(std::sync::atomic::Ordering::Relaxed));
                 let last = last_frame.max(out);
                 if quiet && last.elapsed() >= idle {
-                    debug!(%peer, "idle client connection closed (--client-idle-timeout)");
+                    info!(%peer, "idle client connection closed (--client-idle-timeout)");
                     break;
                 }
                 let from = if quiet { last } else { tokio::time::Instant::now() };

@@ -70,18 +70,14 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
-/// The client token the environment gives: `TASKMASTER_TOKEN`, else the
-/// file `TASKMASTER_TOKEN_FILE` names.
+/// The client token the environment gives: the file `TASKMASTER_TOKEN_FILE`
+/// names, else `TASKMASTER_TOKEN` (the master's order too: a file before
+/// the variable).
 pub fn token_from_env() -> Result<Option<String>, String> {
-    if let Ok(token) = std::env::var(TOKEN_ENV) {
-        if !token.is_empty() {
-            return Ok(Some(token));
-        }
+    if let Some(path) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) {
+        return read_token_file(std::path::Path::new(&path)).map(Some);
     }
-    match std::env::var_os(TOKEN_FILE_ENV) {
-        Some(path) if !path.is_empty() => read_token_file(std::path::Path::new(&path)).map(Some),
-        _ => Ok(None),
-    }
+    Ok(std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use taskmaster_proto::messages::{
     PROTOCOL_VERSION, SECRET_LEN,
 };
 use taskmaster_tests::{
-    bin, http_with_headers, output_within, pid_alive, vm_rss_kib, wait_stats, wait_until, Client,
-    ClientError, Master, Reason,
+    bin, children_of, http_with_headers, output_within, pid_alive, vm_rss_kib, wait_stats,
+    wait_until, Client, ClientError, Master, Reason,
 };
 
 /// A scratch directory, removed on drop.
@@ -716,18 +716,41 @@ async fn five_hundred_idle_connections_do_not_stop_a_new_client() {
 async fn max_connections_closes_the_next_one_at_once() {
     let master = Master::ready(&["--pool-start", "1", "--max-connections", "50"]);
     let addr = master.addr.as_str();
-    // The child's connection stops counting once it has said hello (it is
-    // bounded by --pool-max instead): 50 clients fit.
+    // Children never count (they are bounded by --pool-max): 50 clients
+    // fit. Client 51 is refused right after its hello, with the reason.
     let mut held: Vec<TcpStream> = (0..50).map(|_| raw_client(addr, None)).collect();
     let mut extra = TcpStream::connect(addr).unwrap();
+    extra.write_all(&client_hello(None)).unwrap();
+    match read_msg::<ToClient>(&mut extra) {
+        ToClient::Refused { message } => {
+            assert_eq!(message, "too many connections (--max-connections)")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let closed =
         closed_within(&mut extra, Duration::from_secs(2)).expect("connection 51 is closed");
     assert!(closed < Duration::from_millis(500), "{closed:?}");
     master.wait_log(
-        "too many connections (--max-connections); closing",
+        "too many connections (--max-connections); refusing client",
         Duration::from_secs(5),
     );
-    assert!(Client::connect(addr, None).await.is_err());
+    match Client::connect(addr, None).await {
+        Err(ClientError::Refused(m)) => assert!(m.contains("--max-connections"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // A child still gets in while clients fill the limit: kill the child,
+    // its replacement connects and serves.
+    let old = children_of(master.pid);
+    for pid in &old {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    wait_until("a replacement child", Duration::from_secs(10), || {
+        let now = children_of(master.pid);
+        now.len() == 1 && !old.contains(&now[0])
+    });
     // The 50 are untouched.
     let first = held.first_mut().unwrap();
     first.write_all(&submit_frame(5, "echo", "held")).unwrap();
