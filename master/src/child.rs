@@ -300,8 +300,11 @@ async fn serve(
     heartbeat: Option<Duration>,
 ) -> ExitInfo {
     // Any frame proves the child alive; heartbeats cover the quiet times.
-    // Silent for three beats: the pool is told (and kills it).
-    let mut last_frame = tokio::time::Instant::now();
+    // Silent for three beats: the pool is told (and kills it). Frames are
+    // counted, not timed: no clock read per frame on the hot path.
+    let mut frames: u64 = 0;
+    let mut frames_at_beat: u64 = 0;
+    let mut silent_beats: u32 = 0;
     let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stall_reported = false;
@@ -320,7 +323,7 @@ async fn serve(
         tokio::select! {
             frame = codec::read_message::<FromHandler, _>(&mut reader) => match frame {
                 Ok(Some(msg)) => {
-                    last_frame = tokio::time::Instant::now();
+                    frames += 1;
                     beats |= matches!(msg, FromHandler::Heartbeat);
                     forward(id, msg, pool);
                 }
@@ -393,9 +396,15 @@ async fn serve(
                 return info;
             }
             _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
-                let silent = last_frame.elapsed();
-                if silent > heartbeat.unwrap_or_default() * 3 {
+                if frames == frames_at_beat {
+                    silent_beats += 1;
+                } else {
+                    silent_beats = 0;
+                    frames_at_beat = frames;
+                }
+                if silent_beats >= 3 {
                     stall_reported = true;
+                    let silent = heartbeat.unwrap_or_default() * silent_beats;
                     pool.child_event(id, ChildEvent::Stalled { silent });
                 }
             }

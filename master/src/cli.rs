@@ -207,6 +207,12 @@ pub struct ServeArgs {
     /// also come from TASKMASTER_TOKEN.
     #[arg(long, env = "TASKMASTER_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Forget a job submitted on the socket and answered on that connection
+    /// once its answer is sent (its status is no longer kept). Detached and
+    /// HTTP jobs are kept as always. Saves most of the job table's cost on
+    /// the socket's hot path.
+    #[arg(long, env = "TASKMASTER_FORGET_ANSWERED")]
+    pub forget_answered: bool,
     /// Allow listening on a non-loopback address without a client token.
     #[arg(long, env = "TASKMASTER_INSECURE")]
     pub insecure: bool,
@@ -297,6 +303,7 @@ impl ServeArgs {
             heartbeat: (self.heartbeat > 0.0)
                 .then(|| Duration::from_secs_f64(self.heartbeat.max(0.01))),
             token: None,
+            forget_answered: self.forget_answered,
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             max_in_flight: self.max_in_flight,

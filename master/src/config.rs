@@ -77,6 +77,9 @@ pub struct Config {
     pub child_core_dumps: bool,
     /// How often children send heartbeats (`None`: off).
     pub heartbeat: Option<Duration>,
+    /// Drop a job from the table once answered on its submitter's
+    /// connection.
+    pub forget_answered: bool,
     /// The token clients must present (`None`: none required).
     pub token: Option<Token>,
     /// Open connections allowed.

@@ -5,6 +5,7 @@
 //! too slow to keep up loses the oldest events and is told how many.
 
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use taskmaster_proto::Reason;
@@ -87,6 +88,28 @@ impl Event {
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<Arc<Event>>,
+    /// Live subscriptions. `Sender::receiver_count` takes a lock, and the
+    /// actor asks several times per job: an atomic costs nothing.
+    subscribers: Arc<AtomicUsize>,
+}
+
+/// One subscription; counted while it lives.
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next event (or how many were missed, or the end).
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Events {
@@ -100,12 +123,13 @@ impl Events {
     pub fn new() -> Events {
         Events {
             tx: broadcast::channel(CAPACITY).0,
+            subscribers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Whether anyone listens (build events only then).
     pub fn wanted(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.subscribers.load(Ordering::Relaxed) > 0
     }
 
     /// Publishes the event `make` builds, if anyone listens.
@@ -116,7 +140,11 @@ impl Events {
     }
 
     /// A new subscription, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            rx: self.tx.subscribe(),
+            subscribers: self.subscribers.clone(),
+        }
     }
 }

@@ -182,7 +182,7 @@ impl PoolHandle {
         rx.await.ok()
     }
     /// Lifecycle events from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> crate::events::Subscription {
         self.events.subscribe()
     }
 
@@ -522,8 +522,12 @@ impl Pool {
                 self.metrics.failure(*reason);
             }
         }
+        // With --forget-answered, a job answered on its submitter's
+        // connection leaves the table: nobody else asks for it, and keeping
+        // it is most of the table's cost per job.
+        let keep = !(self.cfg.forget_answered && matches!(reply, Some(Reply::Conn(_))));
         let answer = reply.map(|reply| (reply, end.clone()));
-        if let Some(ended) = self.table.finish(job, end) {
+        if let Some(ended) = self.table.finish(job, end, keep) {
             if let Some(key) = ended.timer {
                 self.timers.try_remove(&key);
             }
@@ -667,7 +671,7 @@ impl Pool {
         if options.start_later {
             debug!(job = id, module = %job.module, "job held to start later");
             if let Some(r) = self.table.get_mut(id) {
-                r.parked = Some(job);
+                r.parked = Some(Box::new(job));
             }
         } else {
             self.enqueue(job);
@@ -1662,7 +1666,7 @@ impl Pool {
             module: Some(queued.module.clone()),
             ..Event::new("job-queued")
         });
-        self.enqueue(queued);
+        self.enqueue(*queued);
         Answer::ok(Body::Ref(taskmaster_proto::jobs::JobRef {
             id,
             status: JobStatus::Queued,

@@ -142,6 +142,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         child_core_dumps: false,
         heartbeat: None,
         token: None,
+        forget_answered: false,
         max_connections: 1024,
         max_handshakes: 64,
         max_in_flight: 4096,

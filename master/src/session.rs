@@ -39,18 +39,15 @@ pub async fn serve(
     let refused_full = slot.is_none();
     let max_payload = cfg.max_payload;
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    // When the connection last sent something (ms since it opened): the
-    // idle clock runs from the later of the last frame in and out.
-    let opened = tokio::time::Instant::now();
-    let last_out = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let written = last_out.clone();
+    // Frames sent so far: the connection is idle only if nothing went in
+    // or out for a whole idle period (counted, not timed: no clock read per
+    // frame on the hot path).
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let written = sent.clone();
     let writer = tokio::spawn(async move {
         let _slot = slot;
         let encode = |out: Outgoing, buf: &mut BytesMut| {
-            written.store(
-                opened.elapsed().as_millis() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             codec::encode(&out.msg, buf)
         };
         if let Err(e) = codec::write_batched(write, rx, encode).await {
@@ -94,7 +91,10 @@ pub async fn serve(
     // per frame would cost the hot path.
     let idle_timer = tokio::time::sleep(cfg.client_idle.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(idle_timer);
-    let mut last_frame = tokio::time::Instant::now();
+    let mut received: u64 = 0;
+    // (frames in, frames out) when the idle timer last fired; the Welcome
+    // is the first frame out.
+    let mut seen = (0u64, 1u64);
     loop {
         let frame = tokio::select! {
             biased;
@@ -105,20 +105,18 @@ pub async fn serve(
                 let idle = cfg.client_idle.unwrap_or_default();
                 // Only a connection with nothing in flight is idle: one
                 // waiting for long jobs is not.
+                let now_seen = (received, sent.load(std::sync::atomic::Ordering::Relaxed));
                 let quiet = permits.available_permits() == max_in_flight;
-                let out = opened
-                    + Duration::from_millis(last_out.load(std::sync::atomic::Ordering::Relaxed));
-                let last = last_frame.max(out);
-                if quiet && last.elapsed() >= idle {
+                if quiet && now_seen == seen {
                     info!(%peer, "idle client connection closed (--client-idle-timeout)");
                     break;
                 }
-                let from = if quiet { last } else { tokio::time::Instant::now() };
-                idle_timer.as_mut().reset(from + idle);
+                seen = now_seen;
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 continue;
             }
         };
-        last_frame = tokio::time::Instant::now();
+        received += 1;
         match frame {
             Ok(Some(ToMaster::Submit {
                 tag,

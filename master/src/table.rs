@@ -7,7 +7,8 @@
 use crate::job::{Answer, Body, JobId, Queued};
 use crate::pool::ChildId;
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use taskmaster_proto::jobs::{format_id, JobList, JobRef, JobStatus, JobView};
@@ -45,12 +46,12 @@ pub enum End {
 pub struct Record {
     module: String,
     status: JobStatus,
-    created: SystemTime,
+    created: Instant,
     /// When it joined the queue (for queue-wait figures; a start-later
     /// job's held time does not count).
     queued_mono: Instant,
-    started: Option<(SystemTime, Instant)>,
-    finished: Option<SystemTime>,
+    started: Option<Instant>,
+    finished: Option<Instant>,
     failure: Option<(Reason, String)>,
     output: Option<Bytes>,
     waiters: Vec<oneshot::Sender<Answer>>,
@@ -61,7 +62,8 @@ pub struct Record {
     /// The child running it.
     pub child: Option<ChildId>,
     /// A `start-later` job's module, input and reply until it is started.
-    pub parked: Option<Queued>,
+    /// (Boxed: rare, and the record stays small to move.)
+    pub parked: Option<Box<Queued>>,
 }
 
 impl Record {
@@ -90,15 +92,46 @@ pub struct Ended {
 pub struct JobTable {
     instance: Arc<str>,
     limits: Limits,
-    records: BTreeMap<JobId, Record>,
+    records: HashMap<JobId, Record, BuildHasherDefault<IdHasher>>,
+    /// The wall clock at a monotonic instant: times are kept as `Instant`s
+    /// (one cheap clock read each) and turned into wall time only when
+    /// shown.
+    epoch: Epoch,
     /// Finished jobs in the order they ended: eviction order.
     finished: VecDeque<(JobId, Instant)>,
     result_bytes: usize,
     start_later: usize,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// A wall-clock time and the monotonic instant it was read at.
+#[derive(Clone, Copy)]
+struct Epoch(SystemTime, Instant);
+
+impl Epoch {
+    fn rfc3339(self, t: Instant) -> String {
+        let wall = self.0 + t.duration_since(self.1);
+        humantime::format_rfc3339_millis(wall).to_string()
+    }
+}
+
+/// Job numbers are consecutive: a multiplicative hash spreads them well
+/// and costs a fraction of SipHash on the hot path (the keys are the
+/// master's own, never a peer's).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl JobTable {
@@ -107,7 +140,8 @@ impl JobTable {
         JobTable {
             instance,
             limits,
-            records: BTreeMap::new(),
+            records: HashMap::default(),
+            epoch: Epoch(SystemTime::now(), Instant::now()),
             finished: VecDeque::new(),
             result_bytes: 0,
             start_later: 0,
@@ -149,13 +183,14 @@ impl JobTable {
         if status == JobStatus::StartLater {
             self.start_later += 1;
         }
+        let now = Instant::now();
         self.records.insert(
             job,
             Record {
                 module,
                 status,
-                created: SystemTime::now(),
-                queued_mono: Instant::now(),
+                created: now,
+                queued_mono: now,
                 started: None,
                 finished: None,
                 failure: None,
@@ -197,7 +232,7 @@ impl JobTable {
             return None;
         }
         r.status = JobStatus::Processing;
-        r.started = Some((SystemTime::now(), Instant::now()));
+        r.started = Some(Instant::now());
         r.child = Some(child);
         r.timeout
     }
@@ -205,16 +240,30 @@ impl JobTable {
     /// A job ended: its outcome is kept, its waiters told, old outcomes
     /// evicted. `None` if the job is not in the table (refused at submit)
     /// or had already ended.
-    pub fn finish(&mut self, job: JobId, end: End) -> Option<Ended> {
+    /// `keep` false: the record goes at once (its outcome went to its
+    /// submitter), unless someone waits for it.
+    pub fn finish(&mut self, job: JobId, end: End, keep: bool) -> Option<Ended> {
         let r = self.records.get_mut(&job)?;
         if r.status.is_finished() {
             return None;
+        }
+        if !keep && r.waiters.is_empty() {
+            let now = Instant::now();
+            let r = self.records.remove(&job)?;
+            if r.status == JobStatus::StartLater {
+                self.start_later -= 1;
+            }
+            return Some(Ended {
+                waited: r.started.map(|s| s.duration_since(r.queued_mono)),
+                ran: r.started.map(|s| now.duration_since(s)),
+                timer: r.timer,
+            });
         }
         if r.status == JobStatus::StartLater {
             self.start_later -= 1;
         }
         let now = Instant::now();
-        r.finished = Some(SystemTime::now());
+        r.finished = Some(now);
         r.parked = None;
         r.child = None;
         match end {
@@ -238,8 +287,8 @@ impl JobTable {
             }
         }
         let ended = Ended {
-            waited: r.started.map(|(_, s)| s.duration_since(r.queued_mono)),
-            ran: r.started.map(|(_, s)| now.duration_since(s)),
+            waited: r.started.map(|s| s.duration_since(r.queued_mono)),
+            ran: r.started.map(|s| now.duration_since(s)),
             timer: r.timer.take(),
         };
         let waiters = std::mem::take(&mut r.waiters);
@@ -250,14 +299,17 @@ impl JobTable {
             }
         }
         self.finished.push_back((job, now));
-        self.evict();
+        self.evict_at(now);
         Some(ended)
     }
 
     /// Drops finished jobs past the count, age and byte limits, oldest
     /// first.
     pub fn evict(&mut self) {
-        let now = Instant::now();
+        self.evict_at(Instant::now());
+    }
+
+    fn evict_at(&mut self, now: Instant) {
         while let Some(&(job, at)) = self.finished.front() {
             // The newest response stays even when it alone is over the
             // byte limit: whoever waits for it must be able to fetch it.
@@ -282,12 +334,15 @@ impl JobTable {
         self.records
             .values_mut()
             .filter_map(|r| r.parked.take())
+            .map(|q| *q)
             .collect()
     }
 
     /// What the table says of a job.
     pub fn view(&self, job: JobId) -> Option<JobView> {
-        self.records.get(&job).map(|r| view(self.id(job), r))
+        self.records
+            .get(&job)
+            .map(|r| view(self.id(job), r, self.epoch))
     }
 
     /// `{"id","status"}` of a job.
@@ -328,28 +383,34 @@ impl JobTable {
 
     /// Recent jobs, newest first.
     pub fn list(&self, limit: usize, status: Option<JobStatus>) -> JobList {
-        let jobs = self
+        // Newest first: job numbers grow, so sort them (a list is rare and
+        // the table small; the hot path keeps the cheaper hash map).
+        let mut ids: Vec<JobId> = self
             .records
             .iter()
-            .rev()
             .filter(|(_, r)| status.is_none_or(|s| r.status == s))
+            .map(|(&job, _)| job)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let jobs = ids
+            .into_iter()
             .take(limit)
-            .map(|(&job, r)| view(self.id(job), r))
+            .map(|job| view(self.id(job), &self.records[&job], self.epoch))
             .collect();
         JobList { jobs }
     }
 }
 
-fn view(id: String, r: &Record) -> JobView {
+fn view(id: String, r: &Record, epoch: Epoch) -> JobView {
     JobView {
         id,
         module: r.module.clone(),
         status: r.status,
         reason: r.failure.as_ref().map(|f| f.0),
         message: r.failure.as_ref().map(|f| f.1.clone()),
-        created_at: rfc3339(r.created),
-        started_at: r.started.map(|(t, _)| rfc3339(t)),
-        finished_at: r.finished.map(rfc3339),
+        created_at: epoch.rfc3339(r.created),
+        started_at: r.started.map(|t| epoch.rfc3339(t)),
+        finished_at: r.finished.map(|t| epoch.rfc3339(t)),
     }
 }
 

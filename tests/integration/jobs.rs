@@ -519,3 +519,57 @@ async fn cli_job_commands_exit_codes() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn answered_jobs_are_kept_unless_forget_answered() {
+    // Default: a job answered on its connection stays in the table.
+    let master = Master::ready(&["--pool-start", "1"]);
+    let client = master.client().await;
+    let done = client
+        .submit("echo", "kept", Bytes::new())
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let view = client.status(&done.id).await.expect("kept");
+    assert_eq!(view.status, JobStatus::Completed);
+    match client.result(&done.id, Duration::ZERO).await.unwrap() {
+        JobResult::Completed(out) => assert_eq!(out, "kept"),
+        other => panic!("{other:?}"),
+    }
+
+    // --forget-answered: tracked while it runs, gone once answered; a
+    // detached job is kept as always.
+    let master = Master::ready(&["--pool-start", "1", "--forget-answered"]);
+    let client = master.client().await;
+    let running = client.submit("sleep", "300", Bytes::new()).unwrap();
+    let list = client.jobs(10, Some(JobStatus::Processing)).await.unwrap();
+    let id = loop {
+        // The submit is in flight: wait for it to be listed as running.
+        if let Some(v) = list.jobs.first() {
+            break v.id.clone();
+        }
+        let l = client.jobs(10, Some(JobStatus::Processing)).await.unwrap();
+        if let Some(v) = l.jobs.first() {
+            break v.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    running.finish().await.unwrap();
+    assert!(matches!(
+        client.status(&id).await,
+        Err(ClientError::NotFound(_))
+    ));
+    let detached = client
+        .submit_detached("echo", "bg", SubmitOptions::default())
+        .await
+        .unwrap();
+    match client
+        .result(&detached.id, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        JobResult::Completed(out) => assert_eq!(out, "bg"),
+        other => panic!("{other:?}"),
+    }
+}
