@@ -371,18 +371,28 @@ async fn submit(
     }
 }
 
+/// A job operation that takes an id and no query parameters.
+async fn by_id(
+    api: &Api,
+    id: &str,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    op: fn(u64) -> Op,
+) -> Response {
+    tri!(Params::parse(query, &[]));
+    let job = tri!(job_number(api, id));
+    match api.pool.op(op(job)).await {
+        Some(answer) => render(answer, StatusCode::OK),
+        None => stopped(),
+    }
+}
+
 /// `GET /jobs/{id}`.
 async fn status(
     State(api): ApiState,
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    tri!(Params::parse(query, &[]));
-    let job = tri!(job_number(&api, &id));
-    match api.pool.op(Op::Status(job)).await {
-        Some(answer) => render(answer, StatusCode::OK),
-        None => stopped(),
-    }
+    by_id(&api, &id, query, Op::Status).await
 }
 
 /// `GET /jobs/{id}/result`.
@@ -406,12 +416,7 @@ async fn start(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    tri!(Params::parse(query, &[]));
-    let job = tri!(job_number(&api, &id));
-    match api.pool.op(Op::Start(job)).await {
-        Some(answer) => render(answer, StatusCode::OK),
-        None => stopped(),
-    }
+    by_id(&api, &id, query, Op::Start).await
 }
 
 /// `DELETE /jobs/{id}`.
@@ -420,12 +425,7 @@ async fn cancel(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    tri!(Params::parse(query, &[]));
-    let job = tri!(job_number(&api, &id));
-    match api.pool.op(Op::Cancel(job)).await {
-        Some(answer) => render(answer, StatusCode::OK),
-        None => stopped(),
-    }
+    by_id(&api, &id, query, Op::Cancel).await
 }
 
 /// `GET /jobs`: recent jobs, newest first.

@@ -17,8 +17,8 @@ use taskmaster_proto::codec;
 use taskmaster_proto::messages::{ClientHello, Hello, ToClient, ToMaster};
 use taskmaster_proto::{SubmitOptions, PROTOCOL_VERSION};
 use taskmaster_tests::{
-    bin, children_of, http, pid_alive, vm_rss_kib, wait_stats, wait_until, wait_until_async,
-    Client, ClientError, Master, Reason, Stats,
+    bin, children_of, children_with_state, http, pid_alive, vm_rss_kib, wait_stats, wait_until,
+    wait_until_async, Client, ClientError, Master, Reason, Stats,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -49,35 +49,6 @@ fn timeout_ms(ms: u64) -> SubmitOptions {
         timeout_ms: Some(ms),
         ..SubmitOptions::default()
     }
-}
-
-/// Children of `pid` (any state, zombies included), from `/proc`.
-fn children_with_state(pid: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let mut fields = stat[close + 2..].split(' ');
-        let state = fields.next().and_then(|s| s.chars().next());
-        let ppid = fields.next().and_then(|s| s.parse::<u32>().ok());
-        if let (Some(state), Some(ppid)) = (state, ppid) {
-            if ppid == pid {
-                out.push((child, state));
-            }
-        }
-    }
-    out
 }
 
 /// Whether process `pid` has an established TCP connection to `port` on

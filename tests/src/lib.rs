@@ -110,8 +110,9 @@ pub fn pid_alive(pid: u32) -> bool {
     matches!(stat_fields(pid), Some((state, _)) if state != 'Z' && state != 'X')
 }
 
-/// Live children of `pid`, from `/proc`.
-pub fn children_of(pid: u32) -> Vec<u32> {
+/// Children of `pid` in any state (zombies included) with their state
+/// letter, from `/proc`.
+pub fn children_with_state(pid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(child) = entry
@@ -122,13 +123,22 @@ pub fn children_of(pid: u32) -> Vec<u32> {
             continue;
         };
         if let Some((state, ppid)) = stat_fields(child) {
-            if ppid == pid && state != 'Z' && state != 'X' {
-                out.push(child);
+            if ppid == pid {
+                out.push((child, state));
             }
         }
     }
     out.sort();
     out
+}
+
+/// Live children of `pid`, from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    children_with_state(pid)
+        .into_iter()
+        .filter(|&(_, state)| state != 'Z' && state != 'X')
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 #[derive(Default)]
@@ -159,8 +169,8 @@ impl Master {
 
     /// As [`Master::start`] with another handler program.
     pub fn start_with(args: &[&str], handler: &std::path::Path) -> Master {
-        let mut child = Command::new(bin("taskmaster"))
-            .arg("--listen")
+        let mut cmd = Command::new(bin("taskmaster"));
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--handler")
             .arg(handler)
@@ -168,7 +178,17 @@ impl Master {
             .env("RUST_LOG", "info")
             .env_remove("TASKMASTER_POOL_START")
             .env_remove("TASKMASTER_POOL_MAX")
-            .env_remove("TASKMASTER_JOB_MAX")
+            .env_remove("TASKMASTER_JOB_MAX");
+        let wants_http = args
+            .iter()
+            .any(|a| *a == "--http" || a.starts_with("--http="));
+        Self::launch(cmd, wants_http)
+    }
+
+    /// Spawns `cmd` (a `taskmaster` command line) with its log captured,
+    /// and waits for the addresses it listens on.
+    fn launch(mut cmd: Command, wants_http: bool) -> Master {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -197,24 +217,17 @@ impl Master {
             log,
             seen: Vec::new(),
         };
-        let line = master.wait_log("listening", Duration::from_secs(10));
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address in the listening line");
-        master.addr = addr.to_owned();
-        if args
-            .iter()
-            .any(|a| *a == "--http" || a.starts_with("--http="))
-        {
-            let line = master.wait_log("HTTP API listening", Duration::from_secs(10));
-            let addr = line
-                .split("addr=")
+        let addr_in = |master: &Master, what: &str| {
+            let line = master.wait_log(what, Duration::from_secs(10));
+            line.split("addr=")
                 .nth(1)
                 .and_then(|s| s.split_whitespace().next())
-                .expect("address in the HTTP API listening line");
-            master.http_addr = Some(addr.to_owned());
+                .unwrap_or_else(|| panic!("address in the {what:?} line"))
+                .to_owned()
+        };
+        master.addr = addr_in(&master, "listening");
+        if wants_http {
+            master.http_addr = Some(addr_in(&master, "HTTP API listening"));
         }
         master
     }
@@ -512,43 +525,7 @@ impl Master {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start taskmaster");
-        let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("TASKMASTER_TEST_ECHO_LOG").is_some() {
-                    eprintln!("master: {line}");
-                }
-                sink.lines.lock().unwrap().0.push(line);
-                sink.changed.notify_all();
-            }
-            sink.lines.lock().unwrap().1 = true;
-            sink.changed.notify_all();
-        });
-        let mut master = Master {
-            pid: child.id(),
-            child: Some(child),
-            addr: String::new(),
-            http_addr: None,
-            log,
-            seen: Vec::new(),
-        };
-        let line = master.wait_log("listening", Duration::from_secs(10));
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address in the listening line");
-        master.addr = addr.to_owned();
-        master
+        Self::launch(cmd, false)
     }
 }
 
