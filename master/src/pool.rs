@@ -344,7 +344,9 @@ struct Pool {
     restarting: bool,
     events: Events,
     /// Module names the children run (all run the same handler program).
-    modules: HashSet<String>,
+    /// (Shared strings: each job's record points at its module's name
+    /// instead of copying it.)
+    modules: HashSet<Arc<str>>,
     counters: Counters,
     started_at: Instant,
     ready_logged: bool,
@@ -651,7 +653,12 @@ impl Pool {
         } else {
             JobStatus::Queued
         };
-        self.table.insert(id, module.clone(), status, timeout);
+        let name = self
+            .modules
+            .get(module.as_str())
+            .cloned()
+            .unwrap_or_else(|| Arc::from(module.as_str()));
+        self.table.insert(id, name, status, timeout);
         if status == JobStatus::Queued {
             self.events.emit(|| Event {
                 job: Some(self.table.id(id)),
@@ -755,7 +762,7 @@ impl Pool {
                 return;
             };
             let job = self.queue.pop_front().expect("queue not empty");
-            if !self.modules.is_empty() && !self.modules.contains(&job.module) {
+            if !self.modules.is_empty() && !self.modules.contains(job.module.as_str()) {
                 self.idle.push_front(child);
                 let msg = format!("no child runs module {:?}", job.module);
                 self.refuse(job.reply, job.id, Reason::UnknownModule, msg);
@@ -1139,7 +1146,7 @@ impl Pool {
             pid,
             ..Event::new("child-ready")
         });
-        self.modules = modules.into_iter().collect();
+        self.modules = modules.into_iter().map(Arc::from).collect();
         self.failures_in_a_row = 0;
         self.backoff_until = None;
         if let Some(cause) = self.broken.take() {

@@ -44,7 +44,7 @@ pub enum End {
 
 /// One job's entry.
 pub struct Record {
-    module: String,
+    module: Arc<str>,
     status: JobStatus,
     created: Instant,
     /// When it joined the queue (for queue-wait figures; a start-later
@@ -176,7 +176,7 @@ impl JobTable {
     pub fn insert(
         &mut self,
         job: JobId,
-        module: String,
+        module: Arc<str>,
         status: JobStatus,
         timeout: Option<Duration>,
     ) {
@@ -404,7 +404,7 @@ impl JobTable {
 fn view(id: String, r: &Record, epoch: Epoch) -> JobView {
     JobView {
         id,
-        module: r.module.clone(),
+        module: r.module.to_string(),
         status: r.status,
         reason: r.failure.as_ref().map(|f| f.0),
         message: r.failure.as_ref().map(|f| f.1.clone()),
