@@ -222,12 +222,19 @@ struct Proc {
 }
 
 impl Proc {
+    /// Signals the child's whole process group (the child leads its own),
+    /// so processes its module started go with it.
     fn signal(&self, sig: Signal) {
-        let _ = kill(Pid::from_raw(self.pid as i32), sig);
+        // Never 0 or 1: kill(-0) or kill(-1) would reach the master's own
+        // group or every process.
+        if self.pid > 1 {
+            let _ = kill(Pid::from_raw(-(self.pid as i32)), sig);
+        }
     }
     fn kill(&mut self) {
         self.killed = true;
         let _ = self.child.start_kill();
+        self.signal(Signal::SIGKILL);
     }
     async fn reap(&mut self) -> ExitInfo {
         match self.child.wait().await {
@@ -264,6 +271,10 @@ async fn supervise(
         }
         Err(info) => info,
     };
+    // Processes the module started and left behind die with their child:
+    // nothing outlives it. (The group id cannot have been reused while any
+    // member of the group is alive.)
+    proc.signal(Signal::SIGKILL);
     pool.child_event(id, ChildEvent::Exited(info));
 }
 

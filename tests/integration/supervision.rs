@@ -1128,3 +1128,34 @@ async fn chaos_random_kills_lose_no_job_and_the_pool_heals() {
         "zombie children: {kids:?}"
     );
 }
+
+#[tokio::test]
+async fn a_modules_own_processes_die_with_its_child() {
+    let master = Master::start_with(
+        &["--pool-start", "1", "--pool-max", "1"],
+        &bin("taskmaster-test-handler"),
+    );
+    let client = master.client().await;
+    wait_stats(&client, "pool ready", |s| s.pool.idle == 1).await;
+    // The module starts `sleep 1000`, tells its pid, then runs past its
+    // time limit: the child is killed, and so is the process it started.
+    let mut job = client
+        .submit_with("spawner", "10000", Bytes::new(), timeout_ms(300))
+        .unwrap();
+    let grandchild: u32 = match job.next_event().await.unwrap() {
+        taskmaster_proto::JobEvent::Part(pid) => {
+            std::str::from_utf8(&pid).unwrap().parse().unwrap()
+        }
+        other => panic!("expected the grandchild's pid, got {other:?}"),
+    };
+    assert!(pid_alive(grandchild));
+    match job.next_event().await.unwrap() {
+        taskmaster_proto::JobEvent::Failed(f) => assert_eq!(f.reason, Reason::Timeout),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    wait_until(
+        "the module's own process is gone",
+        Duration::from_secs(5),
+        || !pid_alive(grandchild),
+    );
+}

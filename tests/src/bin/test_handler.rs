@@ -6,6 +6,9 @@
 //!   given milliseconds and answers its pid (only SIGKILL stops it).
 //! - `grow`: allocates and touches the given MiB, keeps them for the life
 //!   of the child, and answers its pid (resident memory grows for good).
+//! - `spawner`: starts a `sleep 1000` process of its own, sends its pid as
+//!   a part, then sleeps the given milliseconds (a module whose own
+//!   processes must not outlive its child).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -70,10 +73,31 @@ impl Module for Grow {
     }
 }
 
+struct Spawner;
+
+impl Module for Spawner {
+    fn name(&self) -> &str {
+        "spawner"
+    }
+    fn call(&mut self, input: &[u8], parts: &mut Parts<'_>) -> Result<Vec<u8>, String> {
+        let ms = number(input)?;
+        let grandchild = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .map_err(|e| format!("cannot start sleep: {e}"))?;
+        parts
+            .send(grandchild.id().to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(b"done".to_vec())
+    }
+}
+
 fn main() {
     let mut modules = taskmaster_modules::standard();
     modules.push(Box::new(Panic));
     modules.push(Box::new(Stubborn));
     modules.push(Box::new(Grow::default()));
+    modules.push(Box::new(Spawner));
     taskmaster_handler::run(modules)
 }
