@@ -337,6 +337,12 @@ async fn serve(
                     frames += 1;
                     beats |= matches!(msg, FromHandler::Heartbeat);
                     forward(id, msg, pool);
+                    // Frames already buffered decode without waiting, so a
+                    // child streaming parts could fill the pool's queue
+                    // faster than the pool empties it: let it run.
+                    if frames & 63 == 0 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -243,6 +243,16 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_in_flight: usize,
+    /// Bytes of parts and responses queued for one client connection and
+    /// not yet written (a client that does not read); past it the
+    /// connection is closed.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_CLIENT_BACKLOG",
+        default_value_t = 64 * 1024 * 1024,
+        value_name = "BYTES"
+    )]
+    pub max_client_backlog: usize,
     /// Seconds a client connection with nothing in flight may stay silent
     /// before it is closed (0: never).
     #[arg(long, env = "TASKMASTER_CLIENT_IDLE_TIMEOUT", default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_seconds)]
@@ -307,6 +317,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             max_in_flight: self.max_in_flight,
+            max_client_backlog: self.max_client_backlog,
             client_idle_timeout: (self.client_idle_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.client_idle_timeout)),
         }

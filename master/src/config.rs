@@ -88,6 +88,8 @@ pub struct Config {
     pub max_handshakes: usize,
     /// Jobs one client connection may have in flight.
     pub max_in_flight: usize,
+    /// Unsent answer bytes one client connection may have queued.
+    pub max_client_backlog: usize,
     /// How long a client connection with nothing in flight may stay silent.
     pub client_idle_timeout: Option<Duration>,
 }
@@ -223,6 +225,7 @@ impl Config {
             ("--max-connections", self.max_connections),
             ("--max-handshakes", self.max_handshakes),
             ("--max-in-flight", self.max_in_flight),
+            ("--max-client-backlog", self.max_client_backlog),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(flag));

@@ -4,6 +4,8 @@
 
 use bytes::Bytes;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use taskmaster_proto::jobs::{
     ErrorBody, FailureBody, JobList, JobRef, JobStatus, JobView, Outcome, SubmitOptions,
 };
@@ -48,6 +50,65 @@ pub struct ConnReply {
     pub context: Bytes,
     /// The connection's in-flight slot, held until the final answer.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The connection's unsent bytes (`None` in tests without one).
+    pub backlog: Option<Arc<Backlog>>,
+}
+
+/// Bytes queued for a client connection but not yet written. Parts and
+/// responses a client does not read would otherwise pile up without bound:
+/// past the limit the connection is closed (the jobs still run; their
+/// answers are dropped), so a slow reader costs one connection.
+pub struct Backlog {
+    bytes: AtomicUsize,
+    max: usize,
+    over: tokio::sync::watch::Sender<bool>,
+}
+
+impl Backlog {
+    /// A backlog that trips past `max` bytes; the receiver learns when.
+    pub fn new(max: usize) -> (Arc<Backlog>, tokio::sync::watch::Receiver<bool>) {
+        let (over, rx) = tokio::sync::watch::channel(false);
+        let backlog = Backlog {
+            bytes: AtomicUsize::new(0),
+            max,
+            over,
+        };
+        (Arc::new(backlog), rx)
+    }
+
+    /// `n` more bytes queued.
+    pub fn add(&self, n: usize) {
+        if self.bytes.fetch_add(n, Ordering::Relaxed) + n > self.max && !*self.over.borrow() {
+            let _ = self.over.send(true);
+        }
+    }
+
+    /// `n` bytes handed to the socket.
+    pub fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl ConnReply {
+    fn send(&self, msg: ToClient, bytes: usize, permit: Option<OwnedSemaphorePermit>) {
+        if let Some(b) = &self.backlog {
+            b.add(bytes);
+        }
+        let _ = self.tx.send(Outgoing { msg, permit });
+    }
+}
+
+/// What a queued message costs besides its payload (the message itself in
+/// the channel): many tiny parts must count, not only their bytes.
+const PER_MESSAGE: usize = 128;
+
+/// The bytes a frame puts on a client's backlog.
+pub fn backlog_bytes(msg: &ToClient) -> usize {
+    match msg {
+        ToClient::Part { data, .. } => PER_MESSAGE + data.len(),
+        ToClient::Completed { output, .. } => PER_MESSAGE + output.len(),
+        _ => 0,
+    }
 }
 
 impl Reply {
@@ -55,25 +116,24 @@ impl Reply {
     /// its end so its child is freed the normal way.
     pub fn part(&self, data: Bytes) {
         if let Reply::Conn(c) = self {
-            let _ = c.tx.send(Outgoing {
-                msg: ToClient::Part { tag: c.tag, data },
-                permit: None,
-            });
+            let msg = ToClient::Part { tag: c.tag, data };
+            let n = backlog_bytes(&msg);
+            c.send(msg, n, None);
         }
     }
 
     /// Sends the response.
     pub fn completed(self, job: JobId, output: Bytes) {
-        if let Reply::Conn(c) = self {
-            let _ = c.tx.send(Outgoing {
-                msg: ToClient::Completed {
-                    tag: c.tag,
-                    job,
-                    context: c.context,
-                    output,
-                },
-                permit: c.permit,
-            });
+        if let Reply::Conn(mut c) = self {
+            let msg = ToClient::Completed {
+                tag: c.tag,
+                job,
+                context: std::mem::take(&mut c.context),
+                output,
+            };
+            let n = backlog_bytes(&msg);
+            let permit = c.permit.take();
+            c.send(msg, n, permit);
         }
     }
 

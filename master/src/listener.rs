@@ -22,6 +22,8 @@ pub struct ListenerConfig {
     pub token: Option<crate::config::Token>,
     /// Jobs one client connection may have in flight.
     pub max_in_flight: usize,
+    /// Unsent answer bytes one client connection may have queued.
+    pub max_client_backlog: usize,
     /// How long an idle client connection is kept.
     pub client_idle: Option<Duration>,
     /// Open connections allowed.

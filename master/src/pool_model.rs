@@ -618,6 +618,7 @@ impl Case {
                 tag,
                 context: Bytes::new(),
                 permit: None,
+                backlog: None,
             }),
             ack,
             waiter: None,

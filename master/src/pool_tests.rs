@@ -146,6 +146,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         max_connections: 1024,
         max_handshakes: 64,
         max_in_flight: 4096,
+        max_client_backlog: 1 << 26,
         client_idle_timeout: None,
     };
     let fake = Arc::new(Fake::default());
@@ -181,6 +182,7 @@ impl Harness {
                 tag: self.next_tag,
                 context: Bytes::new(),
                 permit: None,
+                backlog: None,
             }),
             ack: None,
             waiter: None,

@@ -51,6 +51,7 @@ pub async fn run(
         max_payload: cfg.max_payload,
         token: cfg.token.clone(),
         max_in_flight: cfg.max_in_flight,
+        max_client_backlog: cfg.max_client_backlog,
         client_idle: cfg.client_idle_timeout,
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes)),

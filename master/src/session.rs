@@ -3,7 +3,7 @@
 //! client that submits without reading answers is simply not read from
 //! (backpressure), instead of making the master buffer without bound.
 
-use crate::job::{Ack, Answer, ConnReply, Op, Outgoing, Reply, Submission};
+use crate::job::{backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outgoing, Reply, Submission};
 use crate::listener::ListenerConfig;
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
@@ -44,14 +44,25 @@ pub async fn serve(
     // frame on the hot path).
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let written = sent.clone();
+    let (backlog, mut over) = Backlog::new(cfg.max_client_backlog);
+    let unsent = backlog.clone();
+    let mut writer_over = over.clone();
     let writer = tokio::spawn(async move {
         let _slot = slot;
         let encode = |out: Outgoing, buf: &mut BytesMut| {
             written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            unsent.sub(backlog_bytes(&out.msg));
             codec::encode(&out.msg, buf)
         };
-        if let Err(e) = codec::write_batched(write, rx, encode).await {
-            debug!(%peer, error = %e, "client connection write failed");
+        tokio::select! {
+            r = codec::write_batched(write, rx, encode) => {
+                if let Err(e) = r {
+                    debug!(%peer, error = %e, "client connection write failed");
+                }
+            }
+            // A client that does not read what it asked for: drop the
+            // connection rather than buffer without bound.
+            _ = writer_over.wait_for(|over| *over) => {}
         }
     });
     let say = |msg| {
@@ -91,6 +102,10 @@ pub async fn serve(
     // per frame would cost the hot path.
     let idle_timer = tokio::time::sleep(cfg.client_idle.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(idle_timer);
+    // One future for the connection's life: a fresh one per frame would
+    // register a waker per frame on the hot path.
+    let client_over = over.wait_for(|over| *over);
+    tokio::pin!(client_over);
     let mut received: u64 = 0;
     // (frames in, frames out) when the idle timer last fired; the Welcome
     // is the first frame out.
@@ -98,6 +113,10 @@ pub async fn serve(
     loop {
         let frame = tokio::select! {
             biased;
+            _ = &mut client_over => {
+                warn!(%peer, max_bytes = cfg.max_client_backlog, "client not reading its answers (--max-client-backlog); closing");
+                break;
+            }
             frame = codec::read_message::<ToMaster, _>(&mut reader) => frame,
             // Reading a frame is cancel-safe (a partial one stays buffered
             // in the reader), so the idle check may interrupt it.
@@ -150,6 +169,7 @@ pub async fn serve(
                         tag,
                         context,
                         permit: Some(permit),
+                        backlog: Some(backlog.clone()),
                     });
                     (reply, None)
                 };

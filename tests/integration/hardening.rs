@@ -978,3 +978,29 @@ async fn client_token_from_the_environment_is_not_passed_to_children() {
     );
     still_serves(&master.addr, Some(token)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_parts_is_closed() {
+    let master = Master::ready(&["--pool-start", "1", "--max-client-backlog", "1048576"]);
+    let addr = master.addr.as_str();
+    let rss_before = vm_rss_kib(master.pid);
+    // Millions of parts, never read: the master must not buffer them all.
+    let mut deaf = raw_client(addr, None);
+    deaf.write_all(&submit_frame(1, "count", "3000000"))
+        .unwrap();
+    master.wait_log(
+        "client not reading its answers (--max-client-backlog); closing",
+        Duration::from_secs(60),
+    );
+    let rss_after = vm_rss_kib(master.pid);
+    println!(
+        "master VmRSS {rss_before} KiB before, {rss_after} KiB when the deaf client was closed"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "{rss_before} -> {rss_after} KiB"
+    );
+    // Its socket is closed (after what was already in flight).
+    assert!(closed_within(&mut deaf, Duration::from_secs(30)).is_some());
+    still_serves(addr, None).await;
+}
