@@ -12,7 +12,7 @@
 //!
 //! The seeds of `fuzz_checks/seeds.rs` must all be in the corpus with the
 //! same bytes; after a wire change, rewrite them with
-//! `cargo test -p taskmaster-proto --test fuzz_corpus -- --ignored write_seed_corpus`.
+//! `cargo run -p taskmaster-proto --example write_fuzz_corpus`.
 
 mod fuzz_checks;
 #[path = "fuzz_checks/seeds.rs"]
@@ -148,16 +148,6 @@ fn seed_corpus_is_current() {
     assert!(
         stale.is_empty(),
         "seed files missing or stale: {stale:?}; rewrite them with \
-         `cargo test -p taskmaster-proto --test fuzz_corpus -- --ignored write_seed_corpus`"
+         `cargo run -p taskmaster-proto --example write_fuzz_corpus`"
     );
-}
-
-#[test]
-#[ignore = "writes fuzz/corpus/: run by hand after a wire change"]
-fn write_seed_corpus() {
-    for seed in seeds::seeds() {
-        let dir = corpus_dir(seed.target);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(&seed.name), &seed.bytes).unwrap();
-    }
 }

@@ -1159,3 +1159,43 @@ async fn a_modules_own_processes_die_with_its_child() {
         || !pid_alive(grandchild),
     );
 }
+
+#[tokio::test]
+async fn a_stopped_child_is_killed_for_silence_and_its_job_fails_error() {
+    let mut master = Master::ready(&["--pool-start", "1", "--pool-max", "1", "--heartbeat", "0.2"]);
+    let client = master.client().await;
+    let before = master.children();
+    assert_eq!(before.len(), 1);
+    let job = client.submit("sleep", "10000", Bytes::new()).unwrap();
+    wait_stats(&client, "the job running", |s| s.pool.busy == 1).await;
+    // Let the child send its first heartbeat (children are held to them
+    // from the first one), then freeze it.
+    master.wait_log("child ready", Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before[0] as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // Without the heartbeat check the job would never end: bound the wait.
+    let failure = match tokio::time::timeout(Duration::from_secs(10), job.finish()).await {
+        Ok(Err(ClientError::Job(f))) => f,
+        other => panic!("expected a failure within 10 s, got {other:?}"),
+    };
+    assert_eq!(failure.reason, Reason::Error);
+    assert!(
+        failure.message.contains("stopped answering"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopped.elapsed()
+    );
+    wait_until("the frozen child is gone", Duration::from_secs(5), || {
+        !pid_alive(before[0])
+    });
+    wait_stats(&client, "a replacement", |s| s.pool.idle == 1).await;
+}

@@ -4,8 +4,8 @@
 //! variant indexes, huge lengths inside small frames, silent peers).
 //!
 //! `fuzz_corpus.rs` checks that every seed here is in `fuzz/corpus/` with
-//! the same bytes, and writes them there when run with
-//! `cargo test -p taskmaster-proto --test fuzz_corpus -- --ignored write_seed_corpus`.
+//! the same bytes; `cargo run -p taskmaster-proto --example write_fuzz_corpus`
+//! writes them there.
 
 use crate::fuzz_checks::{Script, MAX_PAYLOAD};
 use bytes::{BufMut, Bytes, BytesMut};
