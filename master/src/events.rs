@@ -14,30 +14,12 @@ use tokio::sync::broadcast;
 /// Events a subscriber may fall behind by before it loses some.
 const CAPACITY: usize = 4096;
 
-/// Every event name.
-pub const NAMES: [&str; 16] = [
-    "child-spawned",
-    "child-ready",
-    "child-retired",
-    "child-exited",
-    "job-queued",
-    "job-started",
-    "job-part",
-    "job-completed",
-    "job-failed",
-    "job-cancelled",
-    "pool-ready",
-    "spawn-backoff",
-    "breaker-tripped",
-    "breaker-cleared",
-    "shutdown-begun",
-    "shutdown-done",
-];
-
 /// One lifecycle event: `event: NAME` and one `data:` line of this JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
-    /// The event name (one of [`NAMES`]); not in the JSON.
+    /// The event name: those of SPEC section 10 (`child-spawned` ...
+    /// `shutdown-done`) and `breaker-tripped`, `breaker-cleared`; not in
+    /// the JSON.
     #[serde(skip)]
     pub name: &'static str,
     /// RFC 3339, UTC, milliseconds.

@@ -320,11 +320,6 @@ impl Answer {
         }
     }
 
-    /// The JSON text of the body.
-    pub fn json(&self) -> String {
-        serde_json::to_string(&self.body).expect("answer bodies serialize")
-    }
-
     /// The socket frame for this answer. The JSON travels in the frame's
     /// header, which is bounded (`codec::HEADER_LIMIT`): a job list keeps
     /// only as many of the newest jobs as fit.
