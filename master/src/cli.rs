@@ -172,8 +172,8 @@ pub struct ServeArgs {
     /// stopped.
     #[arg(long, env = "TASKMASTER_IDLE_TIMEOUT", default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub idle_timeout: f64,
-    /// Child deaths (start-up failures or deaths while idle) within
-    /// --breaker-window that trip the crash-loop breaker.
+    /// Start-up failures (children that died before they had started)
+    /// within --breaker-window that trip the crash-loop breaker.
     #[arg(
         long,
         env = "TASKMASTER_BREAKER_DEATHS",
@@ -184,6 +184,12 @@ pub struct ServeArgs {
     /// The crash-loop breaker's window, in seconds.
     #[arg(long, env = "TASKMASTER_BREAKER_WINDOW", default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub breaker_window: f64,
+    /// Seconds a child must stay up after its hello to count as started
+    /// (finishing a job also counts). Only the death of a child that has not
+    /// started is a start-up failure; a started child that dies is replaced
+    /// at once, without back-off.
+    #[arg(long, env = "TASKMASTER_START_SECS", default_value_t = 1.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub start_secs: f64,
     /// Run children as this user (name or uid; the master must be allowed
     /// to switch to it, i.e. run as root).
     #[arg(long, env = "TASKMASTER_CHILD_USER", value_name = "USER")]
@@ -306,6 +312,7 @@ impl ServeArgs {
             idle_timeout: Duration::from_secs_f64(self.idle_timeout),
             breaker_deaths: self.breaker_deaths,
             breaker_window: Duration::from_secs_f64(self.breaker_window),
+            start_secs: Duration::from_secs_f64(self.start_secs),
             child_user: self.child_user.clone(),
             child_group: self.child_group.clone(),
             child_nofile: self.child_nofile,

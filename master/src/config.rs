@@ -62,9 +62,12 @@ pub struct Config {
     pub max_child_rss: Option<u64>,
     /// How long a child above `pool-start` may stay idle.
     pub idle_timeout: Duration,
-    /// Child deaths (start-up failures, deaths while idle) within
-    /// `breaker_window` that trip the crash-loop breaker.
+    /// Start-up failures within `breaker_window` that trip the crash-loop
+    /// breaker.
     pub breaker_deaths: u32,
+    /// How long a child must have been ready (without finishing a job) for
+    /// its death not to count as a start-up failure.
+    pub start_secs: Duration,
     /// The breaker's window.
     pub breaker_window: Duration,
     /// User to run children as (name or uid).

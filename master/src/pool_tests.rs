@@ -136,6 +136,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         idle_timeout: Duration::from_secs(60),
         breaker_deaths: 3,
         breaker_window: Duration::from_secs(10),
+        start_secs: Duration::from_secs(1),
         child_user: None,
         child_group: None,
         child_nofile: None,

@@ -31,17 +31,12 @@ use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, error, info, warn};
 
+mod breaker;
+
+use breaker::Breaker;
+
 /// The master's id for a child (not its pid, which the OS may reuse).
 pub type ChildId = u64;
-
-/// Start-up failures in a row (no child ready in between) that trip the
-/// breaker whatever the window says.
-const STARTUP_FAILURES_IN_A_ROW: u32 = 3;
-/// First respawn delay after a start-up failure; doubles each time.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Longest respawn delay: a broken handler is retried this often, forever,
-/// so the pool heals by itself once the handler is fixed.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Starts children; the real one spawns processes, tests use fakes.
 pub trait Launcher: Send + Sync + 'static {
@@ -136,6 +131,8 @@ pub enum PoolCmd {
     },
     /// The back-off delay after start-up failures is over.
     Respawn,
+    /// A child has been ready for `--start-secs`: it has started.
+    StartSecs(ChildId),
     /// SIGTERM/SIGINT (a second one stops at once).
     Shutdown,
     /// SIGHUP: replace every child, one at a time.
@@ -281,6 +278,11 @@ struct Slot {
     retire_when_free: bool,
     /// Since when it has been idle.
     idle_since: Instant,
+    /// It has been ready for `--start-secs` or has finished a job: its
+    /// death is no start-up failure.
+    started: bool,
+    /// When it said hello.
+    ready_at: Option<Instant>,
 }
 
 /// A job sent to a child.
@@ -333,9 +335,8 @@ struct Pool {
     /// When to look for children idle past `--idle-timeout` (one deadline
     /// for the pool, not a timer per child: becoming idle costs nothing).
     idle_check: Option<Instant>,
-    /// When children died unexpectedly (start-up failures, deaths while
-    /// idle), within the breaker window.
-    deaths: VecDeque<Instant>,
+    /// Start-up failures, back-off and the crash-loop breaker.
+    breaker: Breaker,
     /// The restart generation; children of older ones are replaced.
     generation: u64,
     /// The fresh child a rolling restart is waiting for.
@@ -350,10 +351,6 @@ struct Pool {
     counters: Counters,
     started_at: Instant,
     ready_logged: bool,
-    failures_in_a_row: u32,
-    /// Set while no child can be started: jobs fail `error` at once.
-    broken: Option<String>,
-    backoff_until: Option<Instant>,
     respawn_scheduled: bool,
     shutting_down: bool,
     done: Option<oneshot::Sender<()>>,
@@ -381,6 +378,7 @@ pub fn start(
         ttl: cfg.result_ttl,
         bytes: cfg.keep_results_bytes,
     };
+    let breaker = Breaker::new(cfg.breaker_deaths, cfg.breaker_window);
     let mut pool = Pool {
         cfg,
         launcher,
@@ -397,7 +395,7 @@ pub fn start(
         metrics,
         timers: DelayQueue::new(),
         idle_check: None,
-        deaths: VecDeque::new(),
+        breaker,
         generation: 0,
         rolling: None,
         restarting: false,
@@ -406,9 +404,6 @@ pub fn start(
         counters: Counters::default(),
         started_at: Instant::now(),
         ready_logged: false,
-        failures_in_a_row: 0,
-        broken: None,
-        backoff_until: None,
         respawn_scheduled: false,
         shutting_down: false,
         done: Some(done_tx),
@@ -467,6 +462,7 @@ impl Pool {
                     self.respawn_scheduled = false;
                     self.replenish();
                 }
+                PoolCmd::StartSecs(id) => self.child_started(id),
                 PoolCmd::Shutdown => self.shutdown(),
                 PoolCmd::Restart => self.restart(),
                 PoolCmd::GraceExpired => self.grace_expired(),
@@ -567,7 +563,7 @@ impl Pool {
             }
             return Ok(());
         }
-        if let Some(cause) = &self.broken {
+        if let Some(cause) = self.breaker.tripped() {
             if self.ready_children() == 0 {
                 return Err((Reason::Error, format!("no child can be started: {cause}")));
             }
@@ -954,6 +950,8 @@ impl Pool {
                 job_limit: self.job_limit(),
                 retire_when_free: false,
                 idle_since: Instant::now(),
+                started: false,
+                ready_at: None,
             },
         );
         self.starting += 1;
@@ -976,19 +974,19 @@ impl Pool {
             let needed = self.queue.len() > self.starting && room;
             // A broken pool keeps probing (at the back-off pace) so it heals
             // by itself even when nothing is queued and pool-start is 0.
-            let probe = self.broken.is_some() && self.starting == 0 && room;
+            let probe = self.breaker.tripped().is_some()
+                && self.starting == 0
+                && self.ready_children() == 0
+                && room;
             if !below_start && !needed && !probe {
                 return;
             }
-            if let Some(until) = self.backoff_until {
-                if Instant::now() < until {
-                    self.schedule_respawn(until);
-                    return;
-                }
-                self.backoff_until = None;
+            if let Some(until) = self.breaker.wait_until(Instant::now()) {
+                self.schedule_respawn(until);
+                return;
             }
             self.spawn_child();
-            if self.failures_in_a_row > 0 {
+            if self.breaker.failing() {
                 // While failing, try one child at a time.
                 return;
             }
@@ -1135,6 +1133,7 @@ impl Pool {
         // No longer starting, not yet in the idle list: whatever retires it
         // before `child_free` (a second SIGHUP) must not count it down again.
         slot.state = State::Idle;
+        slot.ready_at = Some(Instant::now());
         info!(
             pid = slot.pid,
             child = id,
@@ -1147,13 +1146,16 @@ impl Pool {
             ..Event::new("child-ready")
         });
         self.modules = modules.into_iter().map(Arc::from).collect();
-        self.failures_in_a_row = 0;
-        self.backoff_until = None;
-        if let Some(cause) = self.broken.take() {
-            info!(%cause, "a child started again; jobs are accepted (breaker cleared)");
-            self.events.emit(|| Event {
-                message: Some(cause),
-                ..Event::new("breaker-cleared")
+        if self.cfg.start_secs.is_zero() {
+            self.mark_started(id);
+        } else {
+            // One timer per spawn, not per job: cheap, and the pool never
+            // reads a clock for it on the hot path.
+            let handle = self.handle.clone();
+            let after = self.cfg.start_secs;
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                handle.send(PoolCmd::StartSecs(id));
             });
         }
         let ready = self.children.len() - self.starting;
@@ -1177,6 +1179,36 @@ impl Pool {
         // A new child may have been wanted by more queued jobs than it takes.
         self.replenish();
         self.roll();
+    }
+
+    /// A child has been ready for `--start-secs`.
+    fn child_started(&mut self, id: ChildId) {
+        if self.mark_started(id) {
+            // Spawning went one child at a time while start-ups failed.
+            self.replenish();
+        }
+    }
+
+    /// Marks a child started (ready long enough, or a job finished): the
+    /// handler works, so the breaker is reset. Whether it was news.
+    fn mark_started(&mut self, id: ChildId) -> bool {
+        let Some(slot) = self.children.get_mut(&id) else {
+            return false;
+        };
+        if slot.started {
+            return false;
+        }
+        slot.started = true;
+        debug!(pid = slot.pid, child = id, "child started");
+        let failing = self.breaker.failing();
+        if let Some(cause) = self.breaker.started() {
+            info!(%cause, "a child started again; jobs are accepted (breaker cleared)");
+            self.events.emit(|| Event {
+                message: Some(cause),
+                ..Event::new("breaker-cleared")
+            });
+        }
+        failing
     }
 
     /// SIGHUP: every child of an older generation is replaced by a fresh
@@ -1213,7 +1245,7 @@ impl Pool {
 
     /// Starts the next step of a rolling restart, if one is due.
     fn roll(&mut self) {
-        if self.shutting_down || self.rolling.is_some() || self.broken.is_some() {
+        if self.shutting_down || self.rolling.is_some() || self.breaker.tripped().is_some() {
             return;
         }
         // One old child at a time: wait for the one finishing its job.
@@ -1352,6 +1384,12 @@ impl Pool {
             return;
         };
         slot.jobs_done += 1;
+        if !slot.started {
+            self.mark_started(id);
+        }
+        let Some(slot) = self.children.get_mut(&id) else {
+            return;
+        };
         if slot.state == State::Stopping {
             // Being killed (its job was cancelled or timed out) or retired.
             return;
@@ -1455,28 +1493,27 @@ impl Pool {
             }
             // Jobs behind it never started: they run elsewhere.
             self.requeue(jobs);
-            // A ready child lost mid-job is replaced at once, with no back-off:
-            // it did start fine, so this is no crash loop.
+            // A child lost mid-job took work, so it was no start-up
+            // failure (the job's own fault, or a kill): replaced at once,
+            // with no back-off.
             if !self.shutting_down && self.children.len() < self.cfg.pool_max {
                 self.spawn_child();
             }
-        } else if slot.state == State::Starting && !self.shutting_down {
-            self.startup_failure(slot.pid, how);
-        } else if slot.state == State::Idle && !self.shutting_down {
-            // Nobody asked it to go: a death that counts toward the breaker.
-            warn!(pid = slot.pid, child = id, %how, "idle child died");
-            self.death(format!("a child {how} while idle"));
-            // Started fine, died idle: respawn, but not faster than the
-            // deaths in the window allow, or a flapping handler would spin.
-            let recent = self.deaths.len().max(1) as u32;
-            if recent > 1 {
-                let delay = BACKOFF_START
-                    .saturating_mul(1 << (recent - 1).min(16))
-                    .min(BACKOFF_MAX);
-                self.backoff_until = Some(Instant::now() + delay);
-            }
-        } else {
+        } else if self.shutting_down || slot.state == State::Stopping {
             info!(pid = slot.pid, child = id, %how, "child exited");
+        } else if slot.started
+            || slot
+                .ready_at
+                .is_some_and(|t| t.elapsed() >= self.cfg.start_secs)
+        {
+            // Started fine, died idle (an operator, the OOM killer, a chaos
+            // test): replaced at once below, never a start-up failure.
+            warn!(pid = slot.pid, child = id, %how, "idle child died; replacing it");
+        } else if slot.state == State::Starting {
+            self.startup_failure(slot.pid, how);
+        } else {
+            warn!(pid = slot.pid, child = id, %how, "child died before it had started");
+            self.startup_failure(slot.pid, format!("{how} within --start-secs of its hello"));
         }
         self.replenish();
         self.dispatch_queue();
@@ -1484,29 +1521,45 @@ impl Pool {
         self.roll();
     }
 
+    /// A child died before it had started: back off before the next
+    /// spawn, and maybe trip the breaker (then, with no child ready, the
+    /// queue fails `error` at once instead of waiting for one that may
+    /// never come).
     fn startup_failure(&mut self, pid: Option<u32>, how: String) {
         self.counters.startup_failures += 1;
         self.metrics.startup_failures.inc();
-        self.failures_in_a_row += 1;
         let cause = format!(
-            "handler {} {how} before it was ready",
+            "handler {} {how} before it had started",
             self.cfg.handler.display()
         );
-        let mut delay = BACKOFF_START
-            .saturating_mul(1 << (self.failures_in_a_row - 1).min(16))
-            .min(BACKOFF_MAX);
-        self.death(cause.clone());
-        if self.broken.is_some() {
-            // Tripped: one probe spawn per BACKOFF_MAX, no faster.
-            delay = delay.max(BACKOFF_MAX);
-        }
-        warn!(pid, failures = self.failures_in_a_row, retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
+        let backoff = self.breaker.startup_failure(Instant::now(), &cause);
+        let delay = backoff.delay;
+        warn!(pid, retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
         self.events.emit(|| Event {
             pid,
             message: Some(format!("{cause}; next spawn in {} ms", delay.as_millis())),
             ..Event::new("spawn-backoff")
         });
-        self.backoff_until = Some(Instant::now() + delay);
+        if backoff.tripped_now {
+            error!(
+                deaths = self.breaker.recent(),
+                window_secs = self.cfg.breaker_window.as_secs_f64(),
+                %cause,
+                "crash-loop breaker tripped: no child can be started; jobs fail with `error` until one starts"
+            );
+            self.events.emit(|| Event {
+                message: Some(cause.clone()),
+                ..Event::new("breaker-tripped")
+            });
+        }
+        if let Some(tripped) = self.breaker.tripped().map(str::to_owned) {
+            if self.ready_children() == 0 {
+                let msg = format!("no child can be started: {tripped}");
+                for job in std::mem::take(&mut self.queue) {
+                    self.refuse(job.reply, job.id, Reason::Error, msg.clone());
+                }
+            }
+        }
     }
 
     /// Children able to take a job (ready, not stopping).
@@ -1515,47 +1568,6 @@ impl Pool {
             .values()
             .filter(|s| matches!(s.state, State::Idle | State::Busy))
             .count()
-    }
-
-    /// Counts an unexpected child death toward the crash-loop breaker
-    /// (`--breaker-deaths` within `--breaker-window`). Tripped, it makes
-    /// jobs fail `error` at once while no child is ready, instead of
-    /// waiting for one that may never come.
-    fn death(&mut self, cause: String) {
-        let now = Instant::now();
-        self.deaths.push_back(now);
-        while self
-            .deaths
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > self.cfg.breaker_window)
-        {
-            self.deaths.pop_front();
-        }
-        // Also a handler that never gets ready, however slowly it fails
-        // (past the ready deadline, say): a few start-up failures in a row.
-        let in_a_row =
-            self.failures_in_a_row >= STARTUP_FAILURES_IN_A_ROW.min(self.cfg.breaker_deaths);
-        if self.broken.is_none()
-            && (self.deaths.len() >= self.cfg.breaker_deaths as usize || in_a_row)
-        {
-            error!(
-                deaths = self.deaths.len(),
-                window_secs = self.cfg.breaker_window.as_secs_f64(),
-                %cause,
-                "crash-loop breaker tripped: no child can be started; jobs fail with `error` until one starts"
-            );
-            self.broken = Some(cause.clone());
-            self.events.emit(|| Event {
-                message: Some(cause.clone()),
-                ..Event::new("breaker-tripped")
-            });
-        }
-        if self.broken.is_some() && self.ready_children() == 0 {
-            let msg = format!("no child can be started: {cause}");
-            for job in std::mem::take(&mut self.queue) {
-                self.refuse(job.reply, job.id, Reason::Error, msg.clone());
-            }
-        }
     }
 
     fn shutdown(&mut self) {
@@ -1617,8 +1629,8 @@ impl Pool {
     fn health(&self) -> Health {
         if self.shutting_down {
             Health::ShuttingDown
-        } else if let Some(cause) = &self.broken {
-            Health::Broken(cause.clone())
+        } else if let Some(cause) = self.breaker.tripped() {
+            Health::Broken(cause.to_owned())
         } else if self.ready_logged {
             Health::Ready
         } else {
