@@ -7,15 +7,18 @@
 //! reaches only the master, which then stops them in order. The secret goes
 //! on the child's stdin, never argv or the environment.
 
+use crate::flow::{wait_open, Backlog};
 use crate::pool::{ChildEvent, ChildId, Launcher, PoolHandle};
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::collections::VecDeque;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::codec::{self, FrameReader};
 use taskmaster_proto::messages::{FromHandler, ToHandler};
@@ -65,6 +68,9 @@ pub enum ChildCtl {
         module: String,
         /// Input.
         input: Bytes,
+        /// The submitting client's backlog: while it is past its window
+        /// the child's frames are not read (flow control).
+        gate: Option<Arc<Backlog>>,
     },
     /// Stop: SIGTERM, then SIGKILL after a grace.
     Stop,
@@ -330,12 +336,28 @@ async fn serve(
     let stop_timer = tokio::time::sleep(Duration::MAX);
     tokio::pin!(stop_timer);
     let mut stopping = false;
+    // The client each job sent to the child answers to, oldest first: the
+    // front one's is the job running now.
+    let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
     loop {
+        // The running job's client is not reading: neither are we, so the
+        // child's socket fills and its `parts.send` blocks until it does.
+        let held = gates
+            .front()
+            .and_then(|(_, gate)| gate.as_ref())
+            .filter(|gate| gate.blocked())
+            .cloned();
+        let paused = held.is_some();
         tokio::select! {
-            frame = codec::read_message::<FromHandler, _>(&mut reader) => match frame {
+            frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => match frame {
                 Ok(Some(msg)) => {
                     frames += 1;
                     beats |= matches!(msg, FromHandler::Heartbeat);
+                    if let FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } = &msg {
+                        if gates.front().is_some_and(|(front, _)| front == job) {
+                            gates.pop_front();
+                        }
+                    }
                     forward(id, msg, pool);
                     // Frames already buffered decode without waiting, so a
                     // child streaming parts could fill the pool's queue
@@ -353,10 +375,13 @@ async fn serve(
                     break;
                 }
             },
+            // The client read: the loop reads the child again.
+            () = wait_open(held), if paused => {}
             cmd = ctl.recv() => match cmd {
-                Some(ChildCtl::Job { job, module, input }) => {
+                Some(ChildCtl::Job { job, module, input, gate }) => {
                     // Every job already waiting (prefetch) goes in one write.
                     buf.clear();
+                    gates.push_back((job, gate));
                     let mut next = Some(ToHandler::Job { job, module, input });
                     let mut deferred = None;
                     while let Some(msg) = next.take() {
@@ -366,7 +391,8 @@ async fn serve(
                             break;
                         }
                         match ctl.try_recv() {
-                            Ok(ChildCtl::Job { job, module, input }) => {
+                            Ok(ChildCtl::Job { job, module, input, gate }) => {
+                                gates.push_back((job, gate));
                                 next = Some(ToHandler::Job { job, module, input });
                             }
                             Ok(other) => deferred = Some(other),
@@ -413,7 +439,12 @@ async fn serve(
                 return info;
             }
             _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
-                if frames == frames_at_beat {
+                if paused {
+                    // Its heartbeats wait unread behind the parts we hold
+                    // back: silence is ours, not the child's.
+                    silent_beats = 0;
+                    frames_at_beat = frames;
+                } else if frames == frames_at_beat {
                     silent_beats += 1;
                 } else {
                     silent_beats = 0;

@@ -231,8 +231,8 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_connections: usize,
-    /// Most connections that have not yet said hello; more are closed at
-    /// once.
+    /// Most connections that have not yet said hello; past it the oldest
+    /// of them is closed to make room.
     #[arg(
         long,
         env = "TASKMASTER_MAX_HANDSHAKES",
@@ -249,9 +249,28 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_in_flight: usize,
-    /// Bytes of parts and responses queued for one client connection and
-    /// not yet written (a client that does not read); past it the
-    /// connection is closed.
+    /// Bytes queued for one client connection and not yet written past
+    /// which the children writing for it are no longer read (flow control:
+    /// they wait until the client reads).
+    #[arg(
+        long,
+        env = "TASKMASTER_CLIENT_WINDOW",
+        default_value_t = 1024 * 1024,
+        value_name = "BYTES"
+    )]
+    pub client_window: usize,
+    /// Bytes queued for all client connections together past which every
+    /// client with unsent bytes is held back the same way.
+    #[arg(
+        long,
+        env = "TASKMASTER_MAX_TOTAL_BACKLOG",
+        default_value_t = 256 * 1024 * 1024,
+        value_name = "BYTES"
+    )]
+    pub max_total_backlog: usize,
+    /// Last resort beyond flow control: bytes queued for one client
+    /// connection past which it is closed (only reachable if what a child
+    /// had already sent outgrows the window by this much).
     #[arg(
         long,
         env = "TASKMASTER_MAX_CLIENT_BACKLOG",
@@ -325,6 +344,8 @@ impl ServeArgs {
             max_handshakes: self.max_handshakes,
             max_in_flight: self.max_in_flight,
             max_client_backlog: self.max_client_backlog,
+            client_window: self.client_window,
+            max_total_backlog: self.max_total_backlog,
             client_idle_timeout: (self.client_idle_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.client_idle_timeout)),
         }

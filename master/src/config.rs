@@ -91,8 +91,14 @@ pub struct Config {
     pub max_handshakes: usize,
     /// Jobs one client connection may have in flight.
     pub max_in_flight: usize,
-    /// Unsent answer bytes one client connection may have queued.
+    /// Unsent bytes past which a client connection is closed (what flow
+    /// control could not hold back).
     pub max_client_backlog: usize,
+    /// Unsent bytes past which the children writing for a client wait.
+    pub client_window: usize,
+    /// Unsent bytes of all clients past which every client with unsent
+    /// bytes is held back.
+    pub max_total_backlog: usize,
     /// How long a client connection with nothing in flight may stay silent.
     pub client_idle_timeout: Option<Duration>,
 }
@@ -201,6 +207,14 @@ pub enum ConfigError {
     /// `--breaker-deaths 0`.
     #[error("--breaker-deaths must be at least 1")]
     Breaker,
+    /// The flow-control window must lie below the closing limit.
+    #[error("--client-window ({window}) must be below --max-client-backlog ({close_at})")]
+    Window {
+        /// `--client-window`.
+        window: usize,
+        /// `--max-client-backlog`.
+        close_at: usize,
+    },
     /// `--max-payload` out of range.
     #[error("--max-payload must be between 1 KiB and 1 GiB, got {0}")]
     MaxPayload(usize),
@@ -229,10 +243,17 @@ impl Config {
             ("--max-handshakes", self.max_handshakes),
             ("--max-in-flight", self.max_in_flight),
             ("--max-client-backlog", self.max_client_backlog),
+            ("--max-total-backlog", self.max_total_backlog),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(flag));
             }
+        }
+        if self.client_window >= self.max_client_backlog {
+            return Err(ConfigError::Window {
+                window: self.client_window,
+                close_at: self.max_client_backlog,
+            });
         }
         if self.breaker_deaths == 0 {
             return Err(ConfigError::Breaker);

@@ -4,13 +4,14 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use taskmaster_proto::jobs::{
     ErrorBody, FailureBody, JobList, JobRef, JobStatus, JobView, Outcome, SubmitOptions,
 };
 use taskmaster_proto::messages::ToClient;
 use taskmaster_proto::Reason;
+
+pub use crate::flow::Backlog;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 /// The master's job number (the id's part after the instance prefix).
@@ -50,43 +51,9 @@ pub struct ConnReply {
     pub context: Bytes,
     /// The connection's in-flight slot, held until the final answer.
     pub permit: Option<OwnedSemaphorePermit>,
-    /// The connection's unsent bytes (`None` in tests without one).
+    /// The connection's unsent bytes (`None` in tests without one): the
+    /// child task running the job reads no more while it is past its window.
     pub backlog: Option<Arc<Backlog>>,
-}
-
-/// Bytes queued for a client connection but not yet written. Parts and
-/// responses a client does not read would otherwise pile up without bound:
-/// past the limit the connection is closed (the jobs still run; their
-/// answers are dropped), so a slow reader costs one connection.
-pub struct Backlog {
-    bytes: AtomicUsize,
-    max: usize,
-    over: tokio::sync::watch::Sender<bool>,
-}
-
-impl Backlog {
-    /// A backlog that trips past `max` bytes; the receiver learns when.
-    pub fn new(max: usize) -> (Arc<Backlog>, tokio::sync::watch::Receiver<bool>) {
-        let (over, rx) = tokio::sync::watch::channel(false);
-        let backlog = Backlog {
-            bytes: AtomicUsize::new(0),
-            max,
-            over,
-        };
-        (Arc::new(backlog), rx)
-    }
-
-    /// `n` more bytes queued.
-    pub fn add(&self, n: usize) {
-        if self.bytes.fetch_add(n, Ordering::Relaxed) + n > self.max && !*self.over.borrow() {
-            let _ = self.over.send(true);
-        }
-    }
-
-    /// `n` bytes handed to the socket.
-    pub fn sub(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-    }
 }
 
 impl ConnReply {
@@ -107,11 +74,20 @@ pub fn backlog_bytes(msg: &ToClient) -> usize {
     match msg {
         ToClient::Part { data, .. } => PER_MESSAGE + data.len(),
         ToClient::Completed { output, .. } => PER_MESSAGE + output.len(),
+        ToClient::Reply { output, json, .. } => PER_MESSAGE + output.len() + json.len(),
         _ => 0,
     }
 }
 
 impl Reply {
+    /// The flow-control gate of the client this job answers to, if any.
+    pub fn gate(&self) -> Option<Arc<Backlog>> {
+        match self {
+            Reply::Conn(c) => c.backlog.clone(),
+            Reply::Detached => None,
+        }
+    }
+
     /// Sends a part. A gone client is not an error: the job still runs to
     /// its end so its child is freed the normal way.
     pub fn part(&self, data: Bytes) {

@@ -11,6 +11,7 @@
 //! - [`session`]: one client connection (submits in, answers out, batched).
 //! - [`pool`]: the actor owning children, queue and counters.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
+//! - [`flow`]: flow control from a slow client back to the child writing for it.
 //! - [`job`]: a job, where its answers go, answers to job operations.
 //! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
 //! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
@@ -23,6 +24,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod flow;
 pub mod http;
 pub mod job;
 pub mod listener;

@@ -2,16 +2,24 @@
 //! own task, which reads the hello within the deadline and then becomes a
 //! child connection (handed to the pool) or a client session. Whatever a
 //! connection does wrong stays in its task: it is logged and closed.
+//!
+//! Children never wait for room: they take no `--max-connections` place
+//! (that is taken after a client's hello), and when `--max-handshakes`
+//! connections are waiting for their hello the oldest is closed to let the
+//! newcomer in, so silent sockets cannot keep out a child (which says hello
+//! at once) or a real client.
 
 use crate::child::ChildConn;
 use crate::pool::PoolHandle;
 use crate::session;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskmaster_proto::codec;
 use taskmaster_proto::handshake::{read_hello, HELLO_TIMEOUT};
 use taskmaster_proto::messages::Hello;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 /// Per-connection settings.
@@ -22,14 +30,76 @@ pub struct ListenerConfig {
     pub token: Option<crate::config::Token>,
     /// Jobs one client connection may have in flight.
     pub max_in_flight: usize,
-    /// Unsent answer bytes one client connection may have queued.
+    /// Unsent bytes past which a client connection is closed.
     pub max_client_backlog: usize,
+    /// Unsent bytes past which the children writing for a client wait.
+    pub client_window: usize,
+    /// Unsent bytes of all clients together.
+    pub total: Arc<crate::flow::Total>,
     /// How long an idle client connection is kept.
     pub client_idle: Option<Duration>,
     /// Open connections allowed.
     pub connections: Arc<tokio::sync::Semaphore>,
-    /// Connections before their hello allowed.
-    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections before their hello.
+    pub handshakes: Arc<Handshakes>,
+}
+
+/// Connections that have not said hello yet, oldest first, at most `max`.
+pub struct Handshakes {
+    max: usize,
+    waiting: Mutex<(u64, BTreeMap<u64, oneshot::Sender<()>>)>,
+}
+
+/// A connection's place among those waiting for their hello; the receiver
+/// fires if it is closed to make room for a newer one.
+pub struct Place {
+    id: u64,
+    all: Arc<Handshakes>,
+}
+
+impl Handshakes {
+    /// Room for `max` connections before their hello.
+    pub fn new(max: usize) -> Arc<Handshakes> {
+        Arc::new(Handshakes {
+            max: max.max(1),
+            waiting: Mutex::new((0, BTreeMap::new())),
+        })
+    }
+
+    /// A place for a new connection, evicting the oldest if all are taken.
+    pub fn admit(self: &Arc<Self>) -> (Place, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.waiting.lock().expect("handshake list poisoned");
+        if waiting.1.len() >= self.max {
+            // Dropping its sender tells the oldest to close.
+            waiting.1.pop_first();
+        }
+        waiting.0 += 1;
+        let id = waiting.0;
+        waiting.1.insert(id, tx);
+        let place = Place {
+            id,
+            all: self.clone(),
+        };
+        (place, rx)
+    }
+
+    /// Connections waiting for their hello now.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+            .lock()
+            .expect("handshake list poisoned")
+            .1
+            .len()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.all.waiting.lock() {
+            waiting.1.remove(&self.id);
+        }
+    }
 }
 
 /// Accepts connections until the process ends.
@@ -37,19 +107,14 @@ pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<Liste
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                // Over a limit the connection is closed at once: it costs
-                // an accept and a close, never a task or a buffer.
                 // (`--max-connections` is taken after a client's hello:
                 // children never count against it.)
-                let Ok(hello_permit) = cfg.handshakes.clone().try_acquire_owned() else {
-                    warn!(%peer, "too many connections without a hello (--max-handshakes); closing");
-                    continue;
-                };
+                let place = cfg.handshakes.admit();
                 let pool = pool.clone();
                 let cfg = cfg.clone();
                 tokio::spawn(async move {
                     debug!(%peer, "connection accepted");
-                    handle(stream, peer, pool, cfg, hello_permit).await;
+                    handle(stream, peer, pool, cfg, place).await;
                 });
             }
             Err(e) => {
@@ -66,7 +131,7 @@ async fn handle(
     peer: std::net::SocketAddr,
     pool: PoolHandle,
     cfg: Arc<ListenerConfig>,
-    hello_permit: tokio::sync::OwnedSemaphorePermit,
+    (place, evicted): (Place, oneshot::Receiver<()>),
 ) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -75,11 +140,17 @@ async fn handle(
     reader
         .decoder_mut()
         .set_max_frame_length(codec::HEADER_LIMIT);
-    let hello = read_hello(&mut reader, HELLO_TIMEOUT).await;
+    let hello = tokio::select! {
+        hello = read_hello(&mut reader, HELLO_TIMEOUT) => hello,
+        _ = evicted => {
+            warn!(%peer, "closing a connection still without a hello to make room for a newer one (--max-handshakes)");
+            return;
+        }
+    };
     reader
         .decoder_mut()
         .set_max_frame_length(codec::max_frame_len(cfg.max_payload));
-    drop(hello_permit);
+    drop(place);
     match hello {
         Err(e) => warn!(%peer, error = %e, "closing connection"),
         Ok(Hello::Handler(hello)) => pool.handler_hello(

@@ -253,7 +253,7 @@ impl Fake {
             tokio::select! {
                 biased;
                 cmd = ctl.recv() => match cmd {
-                    Some(ChildCtl::Job { job, module, input }) => {
+                    Some(ChildCtl::Job { job, module, input, .. }) => {
                         jobs.push_back((job, module, input));
                         self.with(|c| c.jobs.push_back(job));
                     }

@@ -67,7 +67,9 @@ async fn fake_child(
     pool.child_event(id, ChildEvent::Ready { modules });
     while let Some(cmd) = ctl.recv().await {
         match cmd {
-            ChildCtl::Job { job, module, input } => match module.as_str() {
+            ChildCtl::Job {
+                job, module, input, ..
+            } => match module.as_str() {
                 "echo" => pool.child_event(
                     id,
                     ChildEvent::Done {
@@ -148,6 +150,8 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         max_handshakes: 64,
         max_in_flight: 4096,
         max_client_backlog: 1 << 26,
+        client_window: 1 << 20,
+        max_total_backlog: 1 << 28,
         client_idle_timeout: None,
     };
     let fake = Arc::new(Fake::default());

@@ -52,9 +52,11 @@ pub async fn run(
         token: cfg.token.clone(),
         max_in_flight: cfg.max_in_flight,
         max_client_backlog: cfg.max_client_backlog,
+        client_window: cfg.client_window,
+        total: crate::flow::Total::new(cfg.max_total_backlog),
         client_idle: cfg.client_idle_timeout,
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
-        handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes)),
+        handshakes: listener::Handshakes::new(cfg.max_handshakes),
     });
     let token = cfg.token.clone();
     let metrics = Arc::new(Metrics::new());

@@ -44,7 +44,8 @@ pub async fn serve(
     // frame on the hot path).
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let written = sent.clone();
-    let (backlog, mut over) = Backlog::new(cfg.max_client_backlog);
+    let (backlog, mut over) =
+        Backlog::new(cfg.client_window, cfg.max_client_backlog, cfg.total.clone());
     let unsent = backlog.clone();
     let mut writer_over = over.clone();
     let writer = tokio::spawn(async move {
@@ -60,11 +61,18 @@ pub async fn serve(
                     debug!(%peer, error = %e, "client connection write failed");
                 }
             }
-            // A client that does not read what it asked for: drop the
-            // connection rather than buffer without bound.
+            // What flow control could not hold back grew past the last
+            // resort: drop the connection rather than buffer without bound.
             _ = writer_over.wait_for(|over| *over) => {}
         }
+        // Nothing it still holds will be written: children and operations
+        // waiting for this client go on.
+        unsent.close();
     });
+    // Dropped when the read loop ends: event forwarders stop with it, so
+    // the writer (and the connection's place) goes once answers owed are
+    // written.
+    let (reading, _) = tokio::sync::watch::channel(());
     let say = |msg| {
         let _ = tx.send(Outgoing { msg, permit: None });
     };
@@ -194,14 +202,19 @@ pub async fn serve(
                     .acquire_owned()
                     .await
                     .expect("semaphore never closed");
-                let (pool, tx) = (pool.clone(), tx.clone());
+                let (pool, tx, backlog) = (pool.clone(), tx.clone(), backlog.clone());
                 // Its own task: a `Result` may wait long, and the connection
                 // keeps serving its other jobs meanwhile.
                 tokio::spawn(async move {
                     let (tag, answer) = job_op(&pool, msg).await;
                     if let Some(answer) = answer {
+                        // A client not reading gets no more answers queued
+                        // (a result may be large) until it reads.
+                        backlog.opened().await;
+                        let msg = answer.into_frame(tag);
+                        backlog.add(backlog_bytes(&msg));
                         let _ = tx.send(Outgoing {
-                            msg: answer.into_frame(tag),
+                            msg,
                             permit: Some(permit),
                         });
                     }
@@ -210,12 +223,17 @@ pub async fn serve(
             Ok(Some(ToMaster::Events { tag, job })) => {
                 let mut events = pool.subscribe();
                 let tx = tx.clone();
+                let mut reading = reading.subscribe();
                 // Events waiting to be written to this client are bounded:
                 // one that does not read loses events, not master memory.
                 let backlog = Arc::new(Semaphore::new(EVENT_BACKLOG));
                 tokio::spawn(async move {
                     loop {
-                        let event = match events.recv().await {
+                        let next = tokio::select! {
+                            next = events.recv() => next,
+                            _ = reading.changed() => return,
+                        };
+                        let event = match next {
                             Ok(e) => e,
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                                 debug!(%peer, missed = n, "event subscriber fell behind");

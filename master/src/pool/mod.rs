@@ -711,6 +711,7 @@ impl Pool {
             job: job.id,
             module: job.module,
             input: job.input,
+            gate: job.reply.gate(),
         };
         match slot.ctl.send(ctl) {
             Ok(()) => {
@@ -735,6 +736,7 @@ impl Pool {
                 job: id,
                 module,
                 input,
+                ..
             })) => {
                 slot.state = State::Stopping;
                 self.queue.push_front(Queued {
