@@ -21,6 +21,7 @@ mod hardening;
 mod http;
 mod jobs;
 mod pool;
+mod reliability;
 mod soak;
 mod supervision;
 mod wire;

@@ -382,7 +382,7 @@ async fn idle_shrink_never_stops_a_busy_child() {
 
 /// Writes an executable script atomically (a new file renamed over the
 /// old), so a spawn never sees it half-written or open for writing.
-fn write_script(path: &Path, body: &str) {
+pub(crate) fn write_script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, body).unwrap();
