@@ -113,6 +113,11 @@ impl Breaker {
         self.tripped.as_deref()
     }
 
+    /// Start-up failures in a row (since the last child that started).
+    pub fn in_a_row(&self) -> u32 {
+        self.in_a_row
+    }
+
     /// Start-up failures within the window.
     pub fn recent(&self) -> usize {
         self.recent.len()

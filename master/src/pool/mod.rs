@@ -1536,7 +1536,7 @@ impl Pool {
         );
         let backoff = self.breaker.startup_failure(Instant::now(), &cause);
         let delay = backoff.delay;
-        warn!(pid, retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
+        warn!(pid, failures = self.breaker.in_a_row(), retry_in_ms = delay.as_millis() as u64, %cause, "child failed to start");
         self.events.emit(|| Event {
             pid,
             message: Some(format!("{cause}; next spawn in {} ms", delay.as_millis())),
