@@ -8,16 +8,16 @@
 //! on the child's stdin, never argv or the environment.
 
 use crate::flow::{wait_open, Backlog};
-use crate::pool::{ChildEvent, ChildId, Launcher, PoolHandle};
+pub use crate::types::ExitInfo;
+use crate::types::{ChildEvent, ChildId, Reporter};
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::codec::{self, FrameReader};
@@ -81,57 +81,6 @@ pub enum ChildCtl {
     Terminate,
 }
 
-/// How a child process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitInfo {
-    /// It exited or was killed.
-    Status {
-        /// Exit code, if it exited.
-        code: Option<i32>,
-        /// Signal number, if killed.
-        signal: Option<i32>,
-        /// The master sent the SIGKILL itself.
-        killed_by_master: bool,
-    },
-    /// It could not be started at all.
-    SpawnFailed(String),
-}
-
-impl ExitInfo {
-    fn from_status(status: ExitStatus, killed_by_master: bool) -> ExitInfo {
-        ExitInfo::Status {
-            code: status.code(),
-            signal: status.signal(),
-            killed_by_master,
-        }
-    }
-
-    /// A phrase for logs and job messages: "exited with code 1",
-    /// "was killed by signal SIGABRT".
-    pub fn describe(&self) -> String {
-        match self {
-            ExitInfo::SpawnFailed(e) => format!("could not be started: {e}"),
-            ExitInfo::Status {
-                code: Some(code), ..
-            } => format!("exited with code {code}"),
-            ExitInfo::Status {
-                signal: Some(sig),
-                killed_by_master,
-                ..
-            } => {
-                let name = Signal::try_from(*sig)
-                    .map_or_else(|_| sig.to_string(), |s| s.as_str().to_owned());
-                if *sig == Signal::SIGKILL as i32 && !killed_by_master {
-                    format!("was killed by signal {name} (possibly the OOM killer)")
-                } else {
-                    format!("was killed by signal {name}")
-                }
-            }
-            ExitInfo::Status { .. } => "ended".to_owned(),
-        }
-    }
-}
-
 /// 32 fresh random bytes from the OS for one child's hello.
 pub fn fresh_secret() -> [u8; SECRET_LEN] {
     let mut secret = [0u8; SECRET_LEN];
@@ -162,13 +111,14 @@ pub struct ProcessLauncher {
     pub heartbeat: Option<Duration>,
 }
 
-impl Launcher for ProcessLauncher {
-    fn launch(
+impl ProcessLauncher {
+    /// Spawns child `id`; its task reports to `pool` and obeys `ctl`.
+    pub fn spawn<R: Reporter>(
         &self,
         id: ChildId,
         secret: [u8; SECRET_LEN],
         ctl: mpsc::UnboundedReceiver<ChildCtl>,
-        pool: PoolHandle,
+        pool: R,
     ) {
         let mut cmd = Command::new(&self.handler);
         cmd.arg("--connect")
@@ -250,12 +200,12 @@ impl Proc {
     }
 }
 
-async fn supervise(
+async fn supervise<R: Reporter>(
     id: ChildId,
     child: Child,
     secret: [u8; SECRET_LEN],
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
-    pool: PoolHandle,
+    pool: R,
     heartbeat: Option<Duration>,
 ) {
     let pid = child.id().unwrap_or(0);
@@ -308,12 +258,12 @@ async fn wait_attach(
 }
 
 /// Runs the attached child until its process is gone.
-async fn serve(
+async fn serve<R: Reporter>(
     id: ChildId,
     proc: &mut Proc,
     conn: ChildConn,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
-    pool: &PoolHandle,
+    pool: &R,
     heartbeat: Option<Duration>,
 ) -> ExitInfo {
     // Any frame proves the child alive; heartbeats cover the quiet times.
@@ -476,7 +426,7 @@ async fn serve(
 
 /// Reads the frames a child wrote just before it exited (a final `Done`
 /// followed by exit must count as done, not as a crash).
-async fn drain(id: ChildId, reader: &mut FrameReader<OwnedReadHalf>, pool: &PoolHandle) {
+async fn drain<R: Reporter>(id: ChildId, reader: &mut FrameReader<OwnedReadHalf>, pool: &R) {
     let _ = tokio::time::timeout(DRAIN_WAIT, async {
         while let Ok(Some(msg)) = codec::read_message::<FromHandler, _>(reader).await {
             forward(id, msg, pool);
@@ -485,7 +435,7 @@ async fn drain(id: ChildId, reader: &mut FrameReader<OwnedReadHalf>, pool: &Pool
     .await;
 }
 
-fn forward(id: ChildId, msg: FromHandler, pool: &PoolHandle) {
+fn forward<R: Reporter>(id: ChildId, msg: FromHandler, pool: &R) {
     let event = match msg {
         FromHandler::Part { job, data } => ChildEvent::Part { job, data },
         FromHandler::Done {

@@ -14,8 +14,7 @@ use taskmaster_proto::Reason;
 pub use crate::flow::Backlog;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-/// The master's job number (the id's part after the instance prefix).
-pub type JobId = u64;
+pub use crate::types::JobId;
 
 /// Most JSON bytes in one socket `Reply`: well inside the codec's header
 /// limit, which the JSON shares with the frame's other fields.

@@ -17,6 +17,7 @@
 //! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`events`]: lifecycle events for `GET /events` and `taskmaster events`.
+//! - [`types`]: ids and child reports shared by pool, child and table (a leaf).
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
 
 pub mod bench;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod signals;
 pub mod table;
+pub mod types;
 
 #[cfg(test)]
 mod pool_model;

@@ -11,7 +11,7 @@
 
 use crate::child::ChildConn;
 use crate::pool::PoolHandle;
-use crate::session;
+use crate::session::{self, SessionConfig};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,22 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-/// Per-connection settings.
+/// The listener's settings.
 pub struct ListenerConfig {
-    /// Largest payload in a frame.
-    pub max_payload: usize,
-    /// The client token, when clients must present one.
-    pub token: Option<crate::config::Token>,
-    /// Jobs one client connection may have in flight.
-    pub max_in_flight: usize,
-    /// Unsent bytes past which a client connection is closed.
-    pub max_client_backlog: usize,
-    /// Unsent bytes past which the children writing for a client wait.
-    pub client_window: usize,
-    /// Unsent bytes of all clients together.
-    pub total: Arc<crate::flow::Total>,
-    /// How long an idle client connection is kept.
-    pub client_idle: Option<Duration>,
+    /// What each client session needs.
+    pub session: SessionConfig,
     /// Open connections allowed.
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Connections before their hello.
@@ -135,7 +123,7 @@ async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let mut reader = codec::frame_reader(read, cfg.max_payload);
+    let mut reader = codec::frame_reader(read, cfg.session.max_payload);
     // Before a peer has proved anything it may send a hello, nothing big.
     reader
         .decoder_mut()
@@ -149,7 +137,7 @@ async fn handle(
     };
     reader
         .decoder_mut()
-        .set_max_frame_length(codec::max_frame_len(cfg.max_payload));
+        .set_max_frame_length(codec::max_frame_len(cfg.session.max_payload));
     drop(place);
     match hello {
         Err(e) => warn!(%peer, error = %e, "closing connection"),
@@ -165,7 +153,7 @@ async fn handle(
             if slot.is_none() {
                 warn!(%peer, "too many connections (--max-connections); refusing client");
             }
-            session::serve(reader, write, hello, peer, pool, &cfg, slot).await
+            session::serve(reader, write, hello, peer, pool, &cfg.session, slot).await
         }
     }
 }

@@ -48,13 +48,15 @@ pub async fn run(
         heartbeat: cfg.heartbeat,
     };
     let listener_cfg = Arc::new(ListenerConfig {
-        max_payload: cfg.max_payload,
-        token: cfg.token.clone(),
-        max_in_flight: cfg.max_in_flight,
-        max_client_backlog: cfg.max_client_backlog,
-        client_window: cfg.client_window,
-        total: crate::flow::Total::new(cfg.max_total_backlog),
-        client_idle: cfg.client_idle_timeout,
+        session: crate::session::SessionConfig {
+            max_payload: cfg.max_payload,
+            token: cfg.token.clone(),
+            max_in_flight: cfg.max_in_flight,
+            max_client_backlog: cfg.max_client_backlog,
+            client_window: cfg.client_window,
+            total: crate::flow::Total::new(cfg.max_total_backlog),
+            client_idle: cfg.client_idle_timeout,
+        },
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         handshakes: listener::Handshakes::new(cfg.max_handshakes),
     });

@@ -4,7 +4,6 @@
 //! (backpressure), instead of making the master buffer without bound.
 
 use crate::job::{backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outgoing, Reply, Submission};
-use crate::listener::ListenerConfig;
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -23,6 +22,24 @@ pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Most jobs one `Jobs` request lists.
 pub const MAX_LIST: usize = 10_000;
 
+/// What a client session needs to know.
+pub struct SessionConfig {
+    /// Largest payload in a frame.
+    pub max_payload: usize,
+    /// The client token, when clients must present one.
+    pub token: Option<crate::config::Token>,
+    /// Jobs one client connection may have in flight.
+    pub max_in_flight: usize,
+    /// Unsent bytes past which a client connection is closed.
+    pub max_client_backlog: usize,
+    /// Unsent bytes past which the children writing for a client wait.
+    pub client_window: usize,
+    /// Unsent bytes of all clients together.
+    pub total: Arc<crate::flow::Total>,
+    /// How long an idle client connection is kept.
+    pub client_idle: Option<Duration>,
+}
+
 /// Serves one client until it closes; in-flight jobs still get answered
 /// after a half-close.
 pub async fn serve(
@@ -31,7 +48,7 @@ pub async fn serve(
     hello: ClientHello,
     peer: SocketAddr,
     pool: PoolHandle,
-    cfg: &ListenerConfig,
+    cfg: &SessionConfig,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     // The connection's place under `--max-connections` is held until its

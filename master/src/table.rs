@@ -5,7 +5,7 @@
 //! (`result --wait`, HTTP `wait=`) are told the moment their job ends.
 
 use crate::job::{Answer, Body, JobId, Queued};
-use crate::pool::ChildId;
+use crate::types::ChildId;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -35,8 +35,7 @@ mod breaker;
 
 use breaker::Breaker;
 
-/// The master's id for a child (not its pid, which the OS may reuse).
-pub type ChildId = u64;
+pub use crate::types::{ChildEvent, ChildId};
 
 /// Starts children; the real one spawns processes, tests use fakes.
 pub trait Launcher: Send + Sync + 'static {
@@ -50,54 +49,22 @@ pub trait Launcher: Send + Sync + 'static {
     );
 }
 
-/// What a child's task reports.
-#[derive(Debug)]
-pub enum ChildEvent {
-    /// The process exists.
-    Spawned {
-        /// Its pid.
-        pid: u32,
-    },
-    /// The child connected, proved its secret and named its modules.
-    Ready {
-        /// Module names.
-        modules: Vec<String>,
-    },
-    /// A part of the current job's response.
-    Part {
-        /// Job id the child named.
-        job: JobId,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// The current job's response.
-    Done {
-        /// Job id the child named.
-        job: JobId,
-        /// The bytes.
-        output: Bytes,
-        /// The child exits after this: no more jobs for it.
-        retire: bool,
-    },
-    /// The current job failed inside the child.
-    Failed {
-        /// Job id the child named.
-        job: JobId,
-        /// Reason word.
-        reason: Reason,
-        /// Text.
-        message: String,
-        /// The child exits after this.
-        retire: bool,
-    },
-    /// No frame, not even a heartbeat, for this long: the child is stopped
-    /// or frozen.
-    Stalled {
-        /// How long it has been silent.
-        silent: Duration,
-    },
-    /// The process is gone and reaped (or could not be started).
-    Exited(ExitInfo),
+impl Launcher for crate::child::ProcessLauncher {
+    fn launch(
+        &self,
+        id: ChildId,
+        secret: [u8; SECRET_LEN],
+        ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        pool: PoolHandle,
+    ) {
+        self.spawn(id, secret, ctl, pool);
+    }
+}
+
+impl crate::types::Reporter for PoolHandle {
+    fn child_event(&self, id: ChildId, event: ChildEvent) {
+        PoolHandle::child_event(self, id, event);
+    }
 }
 
 /// Messages to the pool actor.
