@@ -37,7 +37,3 @@ pub mod signals;
 pub mod table;
 pub mod types;
 
-#[cfg(test)]
-mod pool_model;
-#[cfg(test)]
-mod pool_tests;

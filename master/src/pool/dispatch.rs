@@ -1,0 +1,391 @@
+//! Dispatch: admission of a submit (`overload`, `unknown-module`, a broken
+//! pool), the FIFO queue, handing jobs to free children (first free
+//! first), prefetch into busy children's windows, and `finish`, the one
+//! place every job is answered, counted and recorded.
+
+use super::*;
+use crate::child::ChildCtl;
+use crate::events::Event;
+use crate::job::{Answer, Body, JobId, Queued, Reply, Submission};
+use crate::table::End;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use taskmaster_proto::jobs::JobStatus;
+use taskmaster_proto::Reason;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+impl Pool {
+    /// Answers a job once: counts it, records it in the job table (waking
+    /// its waiters, disarming its time limit) and tells its submitter.
+    pub(super) fn finish(&mut self, job: JobId, reply: Option<Reply>, end: End) {
+        if self.events.wanted() {
+            let mut e = Event::new(match &end {
+                End::Completed(_) => "job-completed",
+                End::Failed(Reason::Cancelled, _) => "job-cancelled",
+                End::Failed(..) => "job-failed",
+            });
+            e.job = Some(self.table.id(job));
+            if let Some(r) = self.table.get(job) {
+                e.module = Some(r.module().to_owned());
+                e.pid = r
+                    .child
+                    .and_then(|c| self.children.get(&c))
+                    .and_then(|s| s.pid);
+            }
+            if let End::Failed(reason, message) = &end {
+                e.reason = Some(*reason);
+                e.message = Some(message.clone());
+            }
+            self.events.emit(|| e);
+        }
+        match &end {
+            End::Completed(_) => {
+                debug!(job, "job completed");
+                self.counters.completed += 1;
+                self.metrics.completed.inc();
+            }
+            End::Failed(reason, message) => {
+                debug!(job, %reason, detail = %message, "job failed");
+                *self.counters.by_reason.entry(*reason).or_default() += 1;
+                match reason {
+                    Reason::Cancelled => self.counters.cancelled += 1,
+                    Reason::Overload => {
+                        self.counters.overload += 1;
+                        self.counters.failed += 1;
+                    }
+                    _ => self.counters.failed += 1,
+                }
+                self.metrics.failure(*reason);
+            }
+        }
+        // With --forget-answered, a job answered on its submitter's
+        // connection leaves the table: nobody else asks for it, and keeping
+        // it is most of the table's cost per job.
+        let keep = !(self.cfg.forget_answered && matches!(reply, Some(Reply::Conn(_))));
+        let answer = reply.map(|reply| (reply, end.clone()));
+        if let Some(ended) = self.table.finish(job, end, keep) {
+            if let Some(key) = ended.timer {
+                self.timers.try_remove(&key);
+            }
+            if let Some(waited) = ended.waited {
+                self.metrics.queue_wait.observe(waited.as_secs_f64());
+            }
+            if let Some(ran) = ended.ran {
+                self.metrics.run_time.observe(ran.as_secs_f64());
+            }
+        }
+        match answer {
+            Some((reply, End::Completed(output))) => reply.completed(job, output),
+            Some((reply, End::Failed(reason, message))) => reply.failed(job, reason, message),
+            None => {}
+        }
+    }
+
+    pub(super) fn refuse(&mut self, reply: Reply, job: JobId, reason: Reason, message: String) {
+        self.finish(job, Some(reply), End::Failed(reason, message));
+    }
+
+    /// Why a job could not be accepted now, if it cannot. `queue`: it is
+    /// to join the queue now (a start-later job is only held, so a full
+    /// queue or a broken pool does not refuse it: its start will).
+    pub(super) fn admission(&self, module: &str, queue: bool) -> Result<(), (Reason, String)> {
+        if self.shutting_down {
+            return Err((Reason::ShuttingDown, "the master is shutting down".into()));
+        }
+        if !queue {
+            if !self.modules.is_empty() && !self.modules.contains(module) {
+                return Err((
+                    Reason::UnknownModule,
+                    format!("no child runs module {module:?}"),
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(cause) = self.breaker.tripped() {
+            if self.ready_children() == 0 {
+                return Err((Reason::Error, format!("no child can be started: {cause}")));
+            }
+        }
+        if !self.modules.is_empty() && !self.modules.contains(module) {
+            return Err((
+                Reason::UnknownModule,
+                format!("no child runs module {module:?}"),
+            ));
+        }
+        if self.idle.is_empty() {
+            // Each child still starting (or about to be spawned for this
+            // job) will take one queued job when ready, so it adds room for
+            // waiting.
+            let will_grow =
+                self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
+            let waiting = self.queue.len() + self.prefetched;
+            if waiting >= self.cfg.job_max + self.starting + usize::from(will_grow) {
+                return Err((
+                    Reason::Overload,
+                    format!(
+                        "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
+                        self.children.len(),
+                        self.busy,
+                        self.starting,
+                        self.backlog(),
+                        self.cfg.job_max
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn submit(&mut self, s: Submission) {
+        self.counters.submitted += 1;
+        self.metrics.submitted.inc();
+        let id = self.next_job;
+        self.next_job += 1;
+        let Submission {
+            module,
+            input,
+            options,
+            reply,
+            ack,
+            waiter,
+        } = s;
+        let mut admitted = self.admission(&module, !options.start_later);
+        if options.start_later && admitted.is_ok() {
+            // Held jobs are bounded like kept results (count and bytes), or
+            // a client could fill memory with jobs that never run.
+            let held = self.table.start_later();
+            if held >= self.cfg.keep_results {
+                let msg = format!("{held} start-later jobs held (the --keep-results limit)");
+                admitted = Err((Reason::Overload, msg));
+            } else if self.table.held_bytes() + input.len() > self.cfg.keep_results_bytes {
+                let msg = "start-later inputs would exceed --keep-results-bytes".to_owned();
+                admitted = Err((Reason::Overload, msg));
+            }
+        }
+        if let Err((reason, message)) = admitted {
+            if let Some(ack) = ack {
+                let answer = Answer::failed(
+                    self.table.id(id),
+                    JobStatus::Failed,
+                    reason,
+                    message.clone(),
+                );
+                ack.send(answer);
+            }
+            if let Some(w) = waiter {
+                drop(w);
+            }
+            return self.refuse(reply, id, reason, message);
+        }
+        let timeout = match options.timeout_ms {
+            None => self.cfg.job_timeout,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms).min(crate::config::MAX_TIMEOUT)),
+        };
+        let status = if options.start_later {
+            JobStatus::StartLater
+        } else {
+            JobStatus::Queued
+        };
+        let name = self
+            .modules
+            .get(module.as_str())
+            .cloned()
+            .unwrap_or_else(|| Arc::from(module.as_str()));
+        self.table.insert(id, name, status, timeout);
+        if status == JobStatus::Queued {
+            self.events.emit(|| Event {
+                job: Some(self.table.id(id)),
+                module: Some(module.clone()),
+                ..Event::new("job-queued")
+            });
+        }
+        if let Some(w) = waiter {
+            self.table.add_waiter(id, w);
+        }
+        let job = Queued {
+            id,
+            module,
+            input,
+            reply,
+        };
+        if options.start_later {
+            debug!(job = id, module = %job.module, "job held to start later");
+            if let Some(r) = self.table.get_mut(id) {
+                r.parked = Some(Box::new(job));
+            }
+        } else {
+            self.enqueue(job);
+        }
+        if let Some(ack) = ack {
+            let job_ref = self.table.job_ref(id).expect("just recorded");
+            ack.send(Answer::ok(Body::Ref(job_ref)));
+        }
+    }
+
+    /// An admitted job goes to a free child, or to the queue (growing the
+    /// pool if it may).
+    pub(super) fn enqueue(&mut self, job: Queued) {
+        if let Some(child) = self.idle.pop_front() {
+            return self.start_job(child, job);
+        }
+        debug!(job = job.id, module = %job.module, "job queued");
+        self.queue.push_back(job);
+        self.replenish();
+        self.prefetch();
+    }
+
+    /// Sends a job to a ready child (idle, or busy with room to prefetch).
+    /// If the child's task is already gone (its exit report is on the way),
+    /// the job goes back to the queue head.
+    pub(super) fn start_job(&mut self, child: ChildId, job: Queued) {
+        let slot = self
+            .children
+            .get_mut(&child)
+            .expect("dispatch target has a slot");
+        debug!(job = job.id, pid = slot.pid, module = %job.module, "job sent to child");
+        let resend = (!slot.jobs.is_empty()).then(|| (job.module.clone(), job.input.clone()));
+        let ctl = ChildCtl::Job {
+            job: job.id,
+            module: job.module,
+            input: job.input,
+            gate: job.reply.gate(),
+        };
+        match slot.ctl.send(ctl) {
+            Ok(()) => {
+                let runs_now = slot.jobs.is_empty();
+                if runs_now {
+                    slot.state = State::Busy;
+                    self.busy += 1;
+                } else {
+                    self.prefetched += 1;
+                }
+                slot.jobs.push_back(Held {
+                    id: job.id,
+                    started: runs_now,
+                    reply: Some(job.reply),
+                    resend,
+                });
+                if runs_now {
+                    self.job_started(job.id, child);
+                }
+            }
+            Err(mpsc::error::SendError(ChildCtl::Job {
+                job: id,
+                module,
+                input,
+                ..
+            })) => {
+                slot.state = State::Stopping;
+                self.queue.push_front(Queued {
+                    id,
+                    module,
+                    input,
+                    reply: job.reply,
+                });
+                if slot.jobs.is_empty() {
+                    self.dispatch_queue();
+                }
+            }
+            Err(_) => unreachable!("sent a job"),
+        }
+    }
+
+    /// Hands queued jobs to idle children, FIFO.
+    pub(super) fn dispatch_queue(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(child) = self.idle.pop_front() else {
+                return;
+            };
+            let job = self.queue.pop_front().expect("queue not empty");
+            if !self.modules.is_empty() && !self.modules.contains(job.module.as_str()) {
+                self.idle.push_front(child);
+                let msg = format!("no child runs module {:?}", job.module);
+                self.refuse(job.reply, job.id, Reason::UnknownModule, msg);
+                continue;
+            }
+            self.start_job(child, job);
+        }
+    }
+
+    /// With `--prefetch` above 1, no child free and the pool at `pool-max`,
+    /// tops up the busy children's windows from the queue, shortest window
+    /// first. Growth comes first: below `pool-max` a waiting job spawns a
+    /// child instead; jobs a starting child will take stay queued for it.
+    pub(super) fn prefetch(&mut self) {
+        if self.cfg.prefetch <= 1 || self.shutting_down || self.children.len() < self.cfg.pool_max {
+            return;
+        }
+        while self.queue.len() > self.starting && self.idle.is_empty() {
+            let target = self
+                .children
+                .iter()
+                .filter(|(_, s)| {
+                    s.state == State::Busy
+                        && s.jobs.len() < self.cfg.prefetch
+                        && !s.retire_when_free
+                        // A child never holds more jobs than it may still run.
+                        && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit)
+                })
+                .min_by_key(|(_, s)| s.jobs.len())
+                .map(|(&id, _)| id);
+            let Some(child) = target else {
+                return;
+            };
+            let job = self.queue.pop_front().expect("queue not empty");
+            self.start_job(child, job);
+        }
+    }
+
+    /// Puts jobs a child will never start back at the head of the queue, in
+    /// their order (or fails them `shutting-down` when stopping).
+    pub(super) fn requeue(&mut self, jobs: VecDeque<Held>) {
+        for held in jobs.into_iter().rev() {
+            // Already answered (cancelled while it waited in the child).
+            let Some(reply) = held.reply else { continue };
+            match held.resend {
+                Some(_) if self.shutting_down => {
+                    let msg = "the master is shutting down".to_owned();
+                    self.refuse(reply, held.id, Reason::ShuttingDown, msg);
+                }
+                Some((module, input)) => self.queue.push_front(Queued {
+                    id: held.id,
+                    module,
+                    input,
+                    reply,
+                }),
+                None => unreachable!("only the first job of a window lacks resend data"),
+            }
+        }
+    }
+
+    /// A job began to run on `child`: its status and its time limit.
+    pub(super) fn job_started(&mut self, job: JobId, child: ChildId) {
+        if self.events.wanted() {
+            let pid = self.children.get(&child).and_then(|s| s.pid);
+            let module = self.table.get(job).map(|r| r.module().to_owned());
+            let id = self.table.id(job);
+            self.events.emit(|| Event {
+                pid,
+                job: Some(id),
+                module,
+                ..Event::new("job-started")
+            });
+        }
+        if let Some(limit) = self.table.started(job, child) {
+            let key = self.timers.insert(job, limit);
+            if let Some(r) = self.table.get_mut(job) {
+                r.timer = Some(key);
+            }
+        }
+    }
+
+    /// Jobs accepted but not started (queued, or prefetched behind a
+    /// running job), beyond those a starting child will take: the figure
+    /// `job-max` bounds.
+    pub(super) fn backlog(&self) -> usize {
+        (self.queue.len() + self.prefetched).saturating_sub(self.starting)
+    }
+}

@@ -1,0 +1,188 @@
+//! The way in: [`PoolHandle`], the cloneable sender every connection,
+//! child task, timer and signal uses, and the messages it carries.
+
+use super::*;
+use crate::child::{ChildConn, ChildCtl};
+use crate::job::{Answer, JobId, Op, Submission};
+use std::sync::Arc;
+use std::time::Duration;
+use taskmaster_proto::messages::HandlerHello;
+use taskmaster_proto::Stats;
+use tokio::sync::{mpsc, oneshot};
+
+impl Launcher for crate::child::ProcessLauncher {
+    fn launch(
+        &self,
+        id: ChildId,
+        secret: [u8; SECRET_LEN],
+        ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        pool: PoolHandle,
+    ) {
+        self.spawn(id, secret, ctl, pool);
+    }
+}
+
+impl crate::types::Reporter for PoolHandle {
+    fn child_event(&self, id: ChildId, event: ChildEvent) {
+        PoolHandle::child_event(self, id, event);
+    }
+}
+
+/// Messages to the pool actor.
+pub enum PoolCmd {
+    /// A client's job.
+    Submit(Submission),
+    /// Current figures.
+    Stats(oneshot::Sender<Stats>),
+    /// A job operation.
+    Op {
+        /// Which.
+        op: Op,
+        /// Where the answer goes.
+        tx: oneshot::Sender<Answer>,
+    },
+    /// Whether the pool is ready (`/healthz`).
+    Health(oneshot::Sender<Health>),
+    /// A connection said hello as a handler; the pool checks it.
+    HandlerHello {
+        /// The hello.
+        hello: HandlerHello,
+        /// The connection, handed to the child's task if the hello is good.
+        conn: ChildConn,
+    },
+    /// A child's task reports.
+    Child {
+        /// Which child.
+        id: ChildId,
+        /// What happened.
+        event: ChildEvent,
+    },
+    /// The back-off delay after start-up failures is over.
+    Respawn,
+    /// A child has been ready for `--start-secs`: it has started.
+    StartSecs(ChildId),
+    /// SIGTERM/SIGINT (a second one stops at once).
+    Shutdown,
+    /// SIGHUP: replace every child, one at a time.
+    Restart,
+    /// The shutdown grace period is over.
+    GraceExpired,
+}
+
+/// The pool's state as `/healthz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Fewer than `pool-start` children have been ready yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// No child can be started; the text says why.
+    Broken(String),
+    /// Shutting down.
+    ShuttingDown,
+}
+
+/// A cloneable way to reach the pool actor.
+#[derive(Clone)]
+pub struct PoolHandle {
+    tx: mpsc::UnboundedSender<PoolCmd>,
+    instance: Arc<str>,
+    events: Events,
+}
+
+impl PoolHandle {
+    pub(super) fn new(
+        tx: mpsc::UnboundedSender<PoolCmd>,
+        instance: Arc<str>,
+        events: Events,
+    ) -> Self {
+        PoolHandle {
+            tx,
+            instance,
+            events,
+        }
+    }
+
+    pub(super) fn send(&self, cmd: PoolCmd) {
+        // The pool outlives every sender except at the very end of shutdown,
+        // when nothing is left to tell.
+        let _ = self.tx.send(cmd);
+    }
+    /// Submits a job; its answers go to its reply.
+    pub fn submit(&self, submission: Submission) {
+        self.send(PoolCmd::Submit(submission));
+    }
+    /// Current figures, or `None` if the pool has stopped.
+    pub async fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Stats(tx));
+        rx.await.ok()
+    }
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> crate::events::Subscription {
+        self.events.subscribe()
+    }
+
+    /// Replaces every child with a fresh one, one at a time (SIGHUP).
+    pub fn restart(&self) {
+        self.send(PoolCmd::Restart);
+    }
+
+    /// This master run's job-id prefix.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The job number in a job id, or the answer for a bad or foreign id.
+    pub fn parse_id(&self, id: &str) -> Result<JobId, Box<Answer>> {
+        match parse_id(id) {
+            Err(e) => Err(Box::new(Answer::invalid(e.to_string()))),
+            Ok((instance, job)) if instance == &*self.instance => Ok(job),
+            Ok(_) => Err(Box::new(Answer::not_found(id))),
+        }
+    }
+
+    /// Runs a job operation; `None` if the pool has stopped.
+    pub async fn op(&self, op: Op) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Op { op, tx });
+        rx.await.ok()
+    }
+
+    /// A job's result, waiting up to `wait` for it to end: the response,
+    /// the failure, or (still running) a conflict with its status now.
+    pub async fn result(&self, job: JobId, wait: Duration) -> Option<Answer> {
+        if wait.is_zero() {
+            return self.op(Op::Result(job)).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Op {
+            op: Op::Wait(job),
+            tx,
+        });
+        match tokio::time::timeout(wait, rx).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => self.op(Op::Result(job)).await,
+        }
+    }
+
+    /// Whether the pool is ready.
+    pub async fn health(&self) -> Option<Health> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::Health(tx));
+        rx.await.ok()
+    }
+
+    /// Begins (or, the second time, hurries) shutdown.
+    pub fn shutdown(&self) {
+        self.send(PoolCmd::Shutdown);
+    }
+    /// Hands a handler's hello and connection to the pool.
+    pub fn handler_hello(&self, hello: HandlerHello, conn: ChildConn) {
+        self.send(PoolCmd::HandlerHello { hello, conn });
+    }
+    /// Reports a child event.
+    pub fn child_event(&self, id: ChildId, event: ChildEvent) {
+        self.send(PoolCmd::Child { id, event });
+    }
+}
