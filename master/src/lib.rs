@@ -36,4 +36,3 @@ pub mod session;
 pub mod signals;
 pub mod table;
 pub mod types;
-

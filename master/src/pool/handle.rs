@@ -2,25 +2,13 @@
 //! child task, timer and signal uses, and the messages it carries.
 
 use super::*;
-use crate::child::{ChildConn, ChildCtl};
+use crate::child::ChildConn;
 use crate::job::{Answer, JobId, Op, Submission};
 use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::messages::HandlerHello;
 use taskmaster_proto::Stats;
 use tokio::sync::{mpsc, oneshot};
-
-impl Launcher for crate::child::ProcessLauncher {
-    fn launch(
-        &self,
-        id: ChildId,
-        secret: [u8; SECRET_LEN],
-        ctl: mpsc::UnboundedReceiver<ChildCtl>,
-        pool: PoolHandle,
-    ) {
-        self.spawn(id, secret, ctl, pool);
-    }
-}
 
 impl crate::types::Reporter for PoolHandle {
     fn child_event(&self, id: ChildId, event: ChildEvent) {

@@ -17,6 +17,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+/// The real launcher: a handler process per child, reporting to the pool.
+impl Launcher for crate::child::ProcessLauncher {
+    fn launch(
+        &self,
+        id: ChildId,
+        secret: [u8; SECRET_LEN],
+        ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        pool: PoolHandle,
+    ) {
+        self.spawn(id, secret, ctl, pool);
+    }
+}
+
 impl Pool {
     /// A child became free: the next queued job, or the idle list.
     pub(super) fn child_free(&mut self, id: ChildId) {

@@ -49,12 +49,12 @@ mod breaker;
 mod dispatch;
 mod handle;
 mod lifecycle;
+#[cfg(test)]
+mod model;
 mod ops;
 mod recycle;
 mod shutdown;
 mod stats;
-#[cfg(test)]
-mod model;
 #[cfg(test)]
 mod tests;
 
