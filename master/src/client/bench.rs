@@ -103,9 +103,13 @@ fn check(module: &str, input: &[u8], done: &Completed) -> bool {
 
 /// Runs `taskmaster bench`.
 pub async fn run(args: BenchArgs) -> ExitCode {
+    let token = match args.conn.token() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        match args.conn.client().await {
+        match args.conn.connect_with(token.clone()).await {
             Ok(c) => clients.push(Arc::new(c)),
             Err(code) => return code,
         }

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! - this file: [`ConnectArgs`] (where the master is), the exit
+//! - this file: [`ConnectArgs`] (where the master is, which token), the exit
 //!   statuses, connecting and turning a [`ClientError`] into a line and a
 //!   status.
 //! - [`submit`]: `taskmaster submit`.
@@ -25,7 +25,9 @@ pub mod submit;
 
 use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use taskmaster_proto::handshake::read_token_file;
 use taskmaster_proto::{Client, ClientError, JobFailure, Reason};
 
 /// Exit status of a completed job.
@@ -37,7 +39,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit status of `overload` (EX_TEMPFAIL: try again later).
 pub const EXIT_TEMPFAIL: u8 = 75;
 
-/// Where the master is.
+/// Where the master is, and the token to show it.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The master's address.
@@ -48,18 +50,44 @@ pub struct ConnectArgs {
         value_name = "ADDR"
     )]
     pub connect: String,
+    /// A file whose first line is the client token to present (as the
+    /// master's --token-file). Without it the token comes from the file
+    /// TASKMASTER_TOKEN_FILE names, else from TASKMASTER_TOKEN.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
-    /// Connects (the token from the environment, as [`Client::connect`]
-    /// takes it); a failure is printed and becomes exit status 2.
-    pub async fn client(&self) -> Result<Client, ExitCode> {
-        Client::connect(self.connect.as_str(), None)
+    /// The client token `--token-file` names, read now. `None` without the
+    /// flag: [`Client::connect`] then takes it from the environment. An
+    /// empty or unreadable file is a usage error (printed), never "no
+    /// token".
+    pub fn token(&self) -> Result<Option<String>, ExitCode> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        read_token_file(path).map(Some).map_err(|e| {
+            eprintln!("taskmaster: --token-file: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+    }
+
+    /// Connects with `token` (as [`ConnectArgs::token`] gave it); a failure
+    /// is printed and becomes exit status 2.
+    pub async fn connect_with(&self, token: Option<String>) -> Result<Client, ExitCode> {
+        Client::connect(self.connect.as_str(), token)
             .await
             .map_err(|e| {
                 eprintln!("taskmaster: cannot connect to {}: {e}", self.connect);
                 ExitCode::from(EXIT_USAGE)
             })
+    }
+
+    /// Reads the token and connects; a failure is printed and becomes exit
+    /// status 2.
+    pub async fn client(&self) -> Result<Client, ExitCode> {
+        let token = self.token()?;
+        self.connect_with(token).await
     }
 }
 
@@ -136,5 +164,19 @@ mod tests {
         for bad in ["-1", "soon", "inf", "NaN", "1e10"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_missing_token_file_is_a_usage_error() {
+        let conn = ConnectArgs {
+            connect: "127.0.0.1:1".into(),
+            token_file: Some("/nonexistent/taskmaster-token".into()),
+        };
+        assert_eq!(conn.token(), Err(ExitCode::from(EXIT_USAGE)));
+        let conn = ConnectArgs {
+            token_file: None,
+            ..conn
+        };
+        assert_eq!(conn.token(), Ok(None));
     }
 }

@@ -38,6 +38,11 @@ pub struct SubmitArgs {
 /// Runs `taskmaster submit`: exit 0 completed, 1 failed, 2 usage error or
 /// no connection, 75 overload.
 pub async fn run(args: SubmitArgs) -> ExitCode {
+    // A bad --token-file is told before stdin is read, not after.
+    let token = match args.conn.token() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let input = match args.data.as_deref() {
         None | Some("-") => {
             let mut buf = Vec::new();
@@ -49,7 +54,7 @@ pub async fn run(args: SubmitArgs) -> ExitCode {
         }
         Some(text) => text.as_bytes().to_vec(),
     };
-    let client = match args.conn.client().await {
+    let client = match args.conn.connect_with(token).await {
         Ok(c) => c,
         Err(code) => return code,
     };
