@@ -3,8 +3,11 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: flags (with environment fallbacks) and the client commands.
-//! - [`bench`](mod@bench): `taskmaster bench`, the load generator.
+//! - [`cli`]: the master's flags (with environment fallbacks) and the list
+//!   of client subcommands.
+//! - [`client`]: the client subcommands (`submit`, `stats`, the job
+//!   operations, `events`, `bench`); a plain client of the master through
+//!   `taskmaster_proto`, importing none of the modules below.
 //! - [`config`]: validated settings; every check that exits 2 lives there.
 //! - [`server`]: wires listener, pool and signals together.
 //! - [`listener`]: the one TCP listener; hello decides child or client.
@@ -20,9 +23,9 @@
 //! - [`types`]: ids and child reports shared by pool, child and table (a leaf).
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
 
-pub mod bench;
 pub mod child;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod flow;

@@ -4,12 +4,28 @@
 use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use taskmaster::cli::{self, Cli};
+use taskmaster::cli::{Cli, Command};
+use taskmaster::client::{self, bench, events, jobs, stats, submit};
 use taskmaster::config;
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("taskmaster: {message}");
-    ExitCode::from(cli::EXIT_USAGE)
+    ExitCode::from(client::EXIT_USAGE)
+}
+
+/// Runs a client command and returns its exit status.
+async fn run_client(command: Command) -> ExitCode {
+    match command {
+        Command::Submit(args) => submit::run(args).await,
+        Command::Stats(conn) => stats::run(conn).await,
+        Command::Status(args) => jobs::status(args).await,
+        Command::Result(args) => jobs::result(args).await,
+        Command::Start(args) => jobs::start(args).await,
+        Command::Cancel(args) => jobs::cancel(args).await,
+        Command::Jobs(args) => jobs::list(args).await,
+        Command::Events(args) => events::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
 }
 
 /// Lifts the soft open-file limit to the hard one: every child and client
@@ -45,7 +61,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        return rt.block_on(cli::run_client(command));
+        return rt.block_on(run_client(command));
     }
 
     let mut cfg = cli.serve.to_config();

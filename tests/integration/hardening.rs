@@ -2,10 +2,10 @@
 //! with its exact outcome, and after each the master still up and another
 //! client's job completing. Replayed and stolen child secrets, a child that
 //! answers for a job it does not hold, client tokens on the socket, the CLI
-//! and HTTP, a client that never reads its 10,000 answers, 500 idle
-//! connections (silent and welcomed), `--max-connections`,
-//! `--client-idle-timeout`, non-loopback binds without a token, and a
-//! 1-byte-per-100-ms writer.
+//! (`--token-file` on every client command) and HTTP, a client that never
+//! reads its 10,000 answers, 500 idle connections (silent and welcomed),
+//! `--max-connections`, `--client-idle-timeout`, non-loopback binds without
+//! a token, and a 1-byte-per-100-ms writer.
 //!
 //! Child secrets are captured with a spy handler: a shell script that saves
 //! the 32 bytes the master writes on its stdin (and its pid) in a scratch
@@ -52,6 +52,13 @@ impl Scratch {
     fn token_file(&self, token: &str) -> String {
         let path = self.path("token");
         std::fs::write(&path, format!("{token}\n")).expect("token file");
+        path.to_str().expect("utf-8 path").to_owned()
+    }
+
+    /// Writes `text` to the file `name`; returns its path.
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("scratch file");
         path.to_str().expect("utf-8 path").to_owned()
     }
 }
@@ -488,6 +495,169 @@ async fn client_token_on_the_socket_and_the_cli() {
             assert!(
                 err.contains("client token") && err.contains("the token file is empty"),
                 "{err}"
+            );
+        }
+    }
+    still_serves(addr, Some(token)).await;
+}
+
+/// `--token-file` on every client command: the right file works (and beats
+/// both environment variables), a wrong one is refused, and a missing or
+/// empty one exits 2 with one line naming it, never falling back to the
+/// environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_token_file_flag_on_every_client_command() {
+    let dir = Scratch::new("token-flag");
+    let token = "flag-token-0123456789";
+    let good = dir.token_file(token);
+    let wrong = dir.write("wrong", "not-the-token\n");
+    let empty = dir.write("empty", "");
+    let missing = dir.path("missing").to_str().expect("utf-8 path").to_owned();
+    let master = Master::ready(&["--pool-start", "1", "--token-file", &good]);
+    let addr = master.addr.as_str();
+
+    // `taskmaster CMD --connect ADDR ARGS..` with exactly these variables.
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin("taskmaster"));
+        cmd.arg(args[0])
+            .args(["--connect", addr])
+            .args(&args[1..])
+            .env_remove("TASKMASTER_CONNECT")
+            .env_remove("TASKMASTER_TOKEN")
+            .env_remove("TASKMASTER_TOKEN_FILE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        output_within(&mut cmd, Duration::from_secs(30))
+    };
+    let ok = |args: &[&str]| {
+        let o = run(args, &[]);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        String::from_utf8(o.stdout).expect("utf-8 output")
+    };
+
+    // The right file, on each command.
+    assert_eq!(ok(&["submit", "--token-file", &good, "echo", "hi"]), "hi");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&["stats", "--token-file", &good])).expect("stats JSON");
+    assert_eq!(stats["pool"]["start"], 1, "{stats}");
+    let id = ok(&["submit", "--token-file", &good, "--async", "echo", "later"]);
+    let id = id.trim_end();
+    let view: serde_json::Value =
+        serde_json::from_str(&ok(&["status", "--token-file", &good, id])).expect("status JSON");
+    assert_eq!(view["id"], id, "{view}");
+    assert_eq!(
+        ok(&["result", "--token-file", &good, "--wait", "10", id]),
+        "later"
+    );
+    let held = ok(&[
+        "submit",
+        "--token-file",
+        &good,
+        "--start-later",
+        "echo",
+        "x",
+    ]);
+    let held = held.trim_end();
+    assert_eq!(
+        ok(&["start", "--token-file", &good, held]),
+        format!("{held} queued\n")
+    );
+    let held = ok(&[
+        "submit",
+        "--token-file",
+        &good,
+        "--start-later",
+        "echo",
+        "y",
+    ]);
+    let held = held.trim_end();
+    assert_eq!(
+        ok(&["cancel", "--token-file", &good, held]),
+        format!("{held} cancelled\n")
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["jobs", "--token-file", &good, "--json"])).expect("jobs JSON");
+    assert!(
+        !list["jobs"].as_array().expect("a list").is_empty(),
+        "{list}"
+    );
+    let bench: serde_json::Value = serde_json::from_str(&ok(&[
+        "bench",
+        "--token-file",
+        &good,
+        "--jobs",
+        "20",
+        "--clients",
+        "2",
+        "--json",
+    ]))
+    .expect("bench JSON");
+    assert_eq!(bench["completed"], 20, "{bench}");
+    // `events` runs until interrupted; asked about a job of another master
+    // run it answers at once, which only a welcomed client hears.
+    let flipped = if id.starts_with('0') { "1" } else { "0" };
+    let other_run = format!("{flipped}{}", &id[1..]);
+    let o = run(&["events", "--token-file", &good, "--job", &other_run], &[]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("from another master run"),
+        "{o:?}"
+    );
+
+    // The flag before TASKMASTER_TOKEN_FILE and TASKMASTER_TOKEN.
+    let o = run(
+        &["submit", "--token-file", &good, "echo", "flag wins"],
+        &[
+            ("TASKMASTER_TOKEN_FILE", &wrong),
+            ("TASKMASTER_TOKEN", "wrong"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(o.stdout, b"flag wins");
+
+    // Every client command takes the flag; a wrong token is refused, a bad
+    // file is named, even with the right token in the environment.
+    let every: [&[&str]; 9] = [
+        &["submit", "echo", "x"],
+        &["stats"],
+        &["status", id],
+        &["result", id],
+        &["start", id],
+        &["cancel", id],
+        &["jobs"],
+        &["events"],
+        &["bench", "--jobs", "1"],
+    ];
+    for args in every {
+        let with = |file: &str| {
+            let mut all = vec![args[0], "--token-file", file];
+            all.extend_from_slice(&args[1..]);
+            run(&all, &[("TASKMASTER_TOKEN", token)])
+        };
+        for (file, line) in [
+            (
+                &wrong,
+                format!(
+                    "taskmaster: cannot connect to {addr}: refused by master: bad or missing client token"
+                ),
+            ),
+            (
+                &missing,
+                format!("taskmaster: --token-file: {missing}: No such file or directory (os error 2)"),
+            ),
+            (
+                &empty,
+                format!("taskmaster: --token-file: {empty}: the token file is empty"),
+            ),
+        ] {
+            let o = with(file);
+            assert_eq!(o.status.code(), Some(2), "{args:?} {file}: {o:?}");
+            assert!(o.stdout.is_empty(), "{args:?} {file}: {o:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&o.stderr),
+                format!("{line}\n"),
+                "{args:?} {file}"
             );
         }
     }

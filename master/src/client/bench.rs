@@ -3,7 +3,7 @@
 //! of random bytes in all; every answer is checked; a summary table (or one
 //! JSON object) at the end. `--spawn` measures pool growth instead.
 
-use crate::cli::{print_line, ConnectArgs};
+use super::{print_line, ConnectArgs, EXIT_FAILED};
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use serde::Serialize;
@@ -103,15 +103,15 @@ fn check(module: &str, input: &[u8], done: &Completed) -> bool {
 
 /// Runs `taskmaster bench`.
 pub async fn run(args: BenchArgs) -> ExitCode {
-    let addr = args.conn.connect.as_str();
+    let token = match args.conn.token() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        match Client::connect(addr, None).await {
+        match args.conn.connect_with(token.clone()).await {
             Ok(c) => clients.push(Arc::new(c)),
-            Err(e) => {
-                eprintln!("taskmaster: cannot connect to {addr}: {e}");
-                return ExitCode::from(crate::cli::EXIT_USAGE);
-            }
+            Err(code) => return code,
         }
     }
     if args.spawn {
@@ -176,7 +176,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     if report.failed == 0 && report.wrong_answers == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(crate::cli::EXIT_FAILED)
+        ExitCode::from(EXIT_FAILED)
     }
 }
 
@@ -310,7 +310,7 @@ async fn spawn_mode(client: &Client, json: bool) -> ExitCode {
     const PROBE_MS: u64 = 1000;
     let fail = |msg: String| {
         eprintln!("taskmaster: bench --spawn: {msg}");
-        ExitCode::from(crate::cli::EXIT_FAILED)
+        ExitCode::from(EXIT_FAILED)
     };
     let stats = match client.stats().await {
         Ok(s) => s,
