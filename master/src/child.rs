@@ -289,11 +289,17 @@ async fn serve<R: Reporter>(
     // The client each job sent to the child answers to, oldest first: the
     // front one's is the job running now.
     let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
+    // The running job is sending parts.
+    let mut streaming = false;
     loop {
-        // The running job's client is not reading: neither are we, so the
-        // child's socket fills and its `parts.send` blocks until it does.
+        // The running job streams parts to a client that is not reading:
+        // neither are we, so the child's socket fills and its `parts.send`
+        // blocks until the client reads. (A final answer is always read:
+        // holding it would pin an idle child to a slow client; a client's
+        // unread answers stop its submits being read instead.)
         let held = gates
             .front()
+            .filter(|_| streaming)
             .and_then(|(_, gate)| gate.as_ref())
             .filter(|gate| gate.blocked())
             .cloned();
@@ -303,10 +309,15 @@ async fn serve<R: Reporter>(
                 Ok(Some(msg)) => {
                     frames += 1;
                     beats |= matches!(msg, FromHandler::Heartbeat);
-                    if let FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } = &msg {
-                        if gates.front().is_some_and(|(front, _)| front == job) {
-                            gates.pop_front();
+                    match &msg {
+                        FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } => {
+                            streaming = false;
+                            if gates.front().is_some_and(|(front, _)| front == job) {
+                                gates.pop_front();
+                            }
                         }
+                        FromHandler::Part { .. } => streaming = true,
+                        FromHandler::Heartbeat => {}
                     }
                     forward(id, msg, pool);
                     // Frames already buffered decode without waiting, so a

@@ -243,14 +243,10 @@ pub struct ServeArgs {
     pub max_in_flight: usize,
     /// Bytes queued for one client connection and not yet written past
     /// which the children writing for it are no longer read (flow control:
-    /// they wait until the client reads).
-    #[arg(
-        long,
-        env = "TASKMASTER_CLIENT_WINDOW",
-        default_value_t = 1024 * 1024,
-        value_name = "BYTES"
-    )]
-    pub client_window: usize,
+    /// they wait until the client reads) [default: 1 MiB, at most half of
+    /// --max-client-backlog].
+    #[arg(long, env = "TASKMASTER_CLIENT_WINDOW", value_name = "BYTES")]
+    pub client_window: Option<usize>,
     /// Bytes queued for all client connections together past which every
     /// client with unsent bytes is held back the same way.
     #[arg(
@@ -336,7 +332,9 @@ impl ServeArgs {
             max_handshakes: self.max_handshakes,
             max_in_flight: self.max_in_flight,
             max_client_backlog: self.max_client_backlog,
-            client_window: self.client_window,
+            client_window: self
+                .client_window
+                .unwrap_or((1 << 20).min(self.max_client_backlog / 2)),
             max_total_backlog: self.max_total_backlog,
             client_idle_timeout: (self.client_idle_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.client_idle_timeout)),

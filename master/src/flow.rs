@@ -2,12 +2,18 @@
 //!
 //! Each client connection has a [`Backlog`]: the bytes of parts, responses
 //! and job-operation answers queued for it and not yet handed to its
-//! socket. While a backlog is past its window (`--client-window`), the
-//! child task whose running job answers to that client stops reading the
-//! child's socket: the child's socket buffer fills, its `parts.send` blocks,
-//! and it resumes when the client reads. Job-operation answers wait the same
-//! way before they are queued. Nothing is dropped and no connection is
-//! closed for being slow; other clients and children are unaffected.
+//! socket. While a backlog is past its window (`--client-window`):
+//!
+//! - the child task whose running job streams parts to that client stops
+//!   reading the child's socket: the child's socket buffer fills, its
+//!   `parts.send` blocks, and it resumes when the client reads;
+//! - the client's session reads no more of its requests, and job-operation
+//!   answers wait before they are queued.
+//!
+//! A child's final answer is always read: holding it would pin a child that
+//! has finished its work to a slow client; the unread answers stop that
+//! client's submits instead. Nothing is dropped and no connection is closed
+//! for being slow; other clients and children are unaffected.
 //!
 //! All backlogs also add up in one [`Total`]: past `--max-total-backlog`,
 //! every client with anything unsent is held back until its own backlog is

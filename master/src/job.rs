@@ -29,6 +29,10 @@ pub struct Outgoing {
     pub msg: ToClient,
     /// Released when the frame has been encoded.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// What it added to the connection's backlog (0: not counted), given
+    /// back when it is encoded: the same figure both ways, whatever the
+    /// frame.
+    pub counted: usize,
 }
 
 /// Where a job's parts and final answer go.
@@ -57,10 +61,18 @@ pub struct ConnReply {
 
 impl ConnReply {
     fn send(&self, msg: ToClient, bytes: usize, permit: Option<OwnedSemaphorePermit>) {
-        if let Some(b) = &self.backlog {
-            b.add(bytes);
-        }
-        let _ = self.tx.send(Outgoing { msg, permit });
+        let counted = match &self.backlog {
+            Some(b) => {
+                b.add(bytes);
+                bytes
+            }
+            None => 0,
+        };
+        let _ = self.tx.send(Outgoing {
+            msg,
+            permit,
+            counted,
+        });
     }
 }
 
@@ -124,6 +136,7 @@ impl Reply {
                     context: c.context,
                 },
                 permit: c.permit,
+                counted: 0,
             });
         }
     }
@@ -153,6 +166,7 @@ impl Ack {
                 let _ = tx.send(Outgoing {
                     msg: answer.into_frame(tag),
                     permit,
+                    counted: 0,
                 });
             }
             Ack::Local(tx) => {

@@ -1,27 +1,64 @@
 //! The taskmaster master: a pre-forking process-pool supervisor, and the
-//! command-line client that shares its binary.
+//! command-line client that shares its binary. `main.rs` only parses the
+//! command line and runs a client command or [`server::run`].
 //!
 //! # Layout
 //!
-//! - [`cli`]: the master's flags (with environment fallbacks) and the list
-//!   of client subcommands.
-//! - [`client`]: the client subcommands (`submit`, `stats`, the job
-//!   operations, `events`, `bench`); a plain client of the master through
-//!   `taskmaster_proto`, importing none of the modules below.
-//! - [`config`]: validated settings; every check that exits 2 lives there.
-//! - [`server`]: wires listener, pool and signals together.
-//! - [`listener`]: the one TCP listener; hello decides child or client.
-//! - [`session`]: one client connection (submits in, answers out, batched).
-//! - [`pool`]: the actor owning children, queue and counters.
+//! Start-up:
+//!
+//! - [`cli`]: the top-level parser only: [`cli::Cli`], [`cli::Command`]
+//!   (the client subcommands), [`cli::ServeArgs`] (every master flag with
+//!   its environment variable).
+//! - [`config`]: the validated [`config::Config`]; every check that exits 2.
+//! - [`server`]: wires listener, HTTP server, pool, metrics and signals.
+//! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
+//!
+//! Connections:
+//!
+//! - [`listener`]: the one TCP listener; [`listener::Handshakes`] (oldest
+//!   evicted); the hello decides child or client.
+//! - [`session`]: one client connection: submits, stats, events and job
+//!   operations in, answers out through a batched writer task.
+//! - [`flow`]: flow control from a slow client back to the child writing
+//!   for it: a client's [`flow::Backlog`], the [`flow::Total`] of all.
+//! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
+//!
+//! The pool and what it owns:
+//!
+//! - [`pool`]: the actor owning children, queue, job table and counters,
+//!   reached through [`pool::PoolHandle`]; one file per concern:
+//!   - `mod.rs`: the state (`Pool`, a `Slot` per child), [`pool::start`],
+//!     the `run` loop.
+//!   - `handle.rs`: [`pool::PoolHandle`], [`pool::PoolCmd`],
+//!     [`pool::Health`].
+//!   - `dispatch.rs`: admission, the FIFO queue, first-free dispatch,
+//!     prefetch, `finish` (every answer).
+//!   - `lifecycle.rs`: spawn, hello, ready, started, a child's reports,
+//!     its exit; the launcher's pool side.
+//!   - `breaker.rs`: the start-up failure and crash-loop policy (pure).
+//!   - `recycle.rs`: retiring (job count, RSS), idle shrink, SIGHUP.
+//!   - `ops.rs`: status, result, start, cancel, list; time limits.
+//!   - `shutdown.rs`: the drain and the hurried stop.
+//!   - `stats.rs`: `/healthz` and the stats figures.
+//!   - `tests.rs`, `model.rs`: unit tests and the proptest model.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
-//! - [`flow`]: flow control from a slow client back to the child writing for it.
 //! - [`job`]: a job, where its answers go, answers to job operations.
 //! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
-//! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
-//! - [`metrics`]: Prometheus metrics.
 //! - [`events`]: lifecycle events for `GET /events` and `taskmaster events`.
-//! - [`types`]: ids and child reports shared by pool, child and table (a leaf).
-//! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`types`]: the leaf every server module may import and that imports
+//!   none of ours: ids, child reports, exit info, [`types::Reporter`].
+//!
+//! The client side:
+//!
+//! - [`client`]: the client subcommands, a plain client of the master
+//!   through `taskmaster_proto`, importing none of the modules above:
+//!   - `mod.rs`: `--connect`, `--token-file`, exit statuses, errors.
+//!   - `submit.rs`: `taskmaster submit`.
+//!   - `jobs.rs`: `status`, `result`, `start`, `cancel`, `jobs`.
+//!   - `events.rs`: `taskmaster events`.
+//!   - `stats.rs`: `taskmaster stats`.
+//!   - `bench.rs`: `taskmaster bench`, the load generator.
 
 pub mod child;
 pub mod cli;

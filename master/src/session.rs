@@ -3,6 +3,7 @@
 //! client that submits without reading answers is simply not read from
 //! (backpressure), instead of making the master buffer without bound.
 
+use crate::flow::wait_open;
 use crate::job::{backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outgoing, Reply, Submission};
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
@@ -69,7 +70,7 @@ pub async fn serve(
         let _slot = slot;
         let encode = |out: Outgoing, buf: &mut BytesMut| {
             written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            unsent.sub(backlog_bytes(&out.msg));
+            unsent.sub(out.counted);
             codec::encode(&out.msg, buf)
         };
         tokio::select! {
@@ -91,7 +92,11 @@ pub async fn serve(
     // written.
     let (reading, _) = tokio::sync::watch::channel(());
     let say = |msg| {
-        let _ = tx.send(Outgoing { msg, permit: None });
+        let _ = tx.send(Outgoing {
+            msg,
+            permit: None,
+            counted: 0,
+        });
     };
     let refusal = if refused_full {
         Some("too many connections (--max-connections)".to_owned())
@@ -136,13 +141,17 @@ pub async fn serve(
     // is the first frame out.
     let mut seen = (0u64, 1u64);
     loop {
+        // A client that does not read its answers gets no more requests
+        // read (flow control by bytes, as --max-in-flight is by count).
+        let blocked = backlog.blocked();
         let frame = tokio::select! {
             biased;
             _ = &mut client_over => {
                 warn!(%peer, max_bytes = cfg.max_client_backlog, "client not reading its answers (--max-client-backlog); closing");
                 break;
             }
-            frame = codec::read_message::<ToMaster, _>(&mut reader) => frame,
+            () = wait_open(blocked.then(|| backlog.clone())), if blocked => continue,
+            frame = codec::read_message::<ToMaster, _>(&mut reader), if !blocked => frame,
             // Reading a frame is cancel-safe (a partial one stays buffered
             // in the reader), so the idle check may interrupt it.
             () = &mut idle_timer, if cfg.client_idle.is_some() => {
@@ -229,10 +238,12 @@ pub async fn serve(
                         // (a result may be large) until it reads.
                         backlog.opened().await;
                         let msg = answer.into_frame(tag);
-                        backlog.add(backlog_bytes(&msg));
+                        let counted = backlog_bytes(&msg);
+                        backlog.add(counted);
                         let _ = tx.send(Outgoing {
                             msg,
                             permit: Some(permit),
+                            counted,
                         });
                     }
                 });
@@ -274,6 +285,7 @@ pub async fn serve(
                             .send(Outgoing {
                                 msg,
                                 permit: Some(permit),
+                                counted: 0,
                             })
                             .is_err()
                         {

@@ -4,13 +4,25 @@
 //!
 //! # Layout
 //!
+//! This file, the helpers:
+//!
 //! - [`bin`]: path of a workspace binary beside the test executable.
 //! - [`Master`]: a running `taskmaster` with its log and children.
-//! - [`wait_until`], [`wait_stats`]: poll a condition with a deadline.
-//! - [`pid_alive`], [`children_of`], [`vm_rss_kib`]: process facts from
-//!   `/proc`.
-//! - [`http`], [`HttpAnswer`]: one HTTP/1.1 request to the master's
-//!   `--http` API (hyper), with a deadline.
+//! - [`cli`], [`output_within`]: run a client command with a deadline.
+//! - [`wait_until`], [`wait_until_async`], [`wait_stats`]: poll a
+//!   condition with a deadline.
+//! - [`pid_alive`], [`children_of`], [`children_with_state`],
+//!   [`vm_rss_kib`], [`open_fds`]: process facts from `/proc`.
+//! - [`http`], [`try_http`], [`http_with_headers`], [`HttpAnswer`]: one
+//!   HTTP/1.1 request to the master's `--http` API (hyper), with a deadline.
+//!
+//! Beside it:
+//!
+//! - `src/bin/test_handler.rs`: `taskmaster-test-handler`, the standard
+//!   modules plus test-only ones (`panic`, `stubborn`, `grow`, ...).
+//! - `integration/main.rs`: the one integration-test binary, a file per
+//!   area: `pool`, `faults`, `supervision`, `reliability`, `wire`, `cli`,
+//!   `jobs`, `http`, `hardening`, `bench`, `example`, `soak`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
