@@ -81,12 +81,28 @@ pub enum ChildCtl {
     Terminate,
 }
 
+/// `/dev/urandom`, opened once: a spawn while every file descriptor is in
+/// use (a flood of clients) must not fail for want of one more.
+static URANDOM: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Opens the random source; the master calls it at start, where a failure
+/// is an error that ends it (exit 1) instead of a panic at a later spawn.
+pub fn open_random() -> std::io::Result<()> {
+    if URANDOM.get().is_none() {
+        let _ = URANDOM.set(std::fs::File::open("/dev/urandom")?);
+    }
+    Ok(())
+}
+
 /// 32 fresh random bytes from the OS for one child's hello.
 pub fn fresh_secret() -> [u8; SECRET_LEN] {
     let mut secret = [0u8; SECRET_LEN];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut secret))
-        .expect("reading /dev/urandom");
+    open_random()
+        .and_then(|()| {
+            let mut f = URANDOM.get().expect("opened above");
+            f.read_exact(&mut secret)
+        })
+        .expect("reading /dev/urandom (opened at start)");
     secret
 }
 
@@ -158,7 +174,8 @@ impl ProcessLauncher {
         // the forking thread, so never fork from a short-lived blocking thread.
         match cmd.spawn() {
             Ok(child) => {
-                tokio::spawn(supervise(id, child, secret, ctl, pool, self.heartbeat));
+                let limits = (self.heartbeat, self.max_payload);
+                tokio::spawn(supervise(id, child, secret, ctl, pool, limits));
             }
             Err(e) => pool.child_event(
                 id,
@@ -206,7 +223,7 @@ async fn supervise<R: Reporter>(
     secret: [u8; SECRET_LEN],
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
     pool: R,
-    heartbeat: Option<Duration>,
+    (heartbeat, max_payload): (Option<Duration>, usize),
 ) {
     let pid = child.id().unwrap_or(0);
     let mut proc = Proc {
@@ -223,7 +240,7 @@ async fn supervise<R: Reporter>(
     let info = match wait_attach(&mut proc, &mut ctl).await {
         Ok((conn, modules)) => {
             pool.child_event(id, ChildEvent::Ready { modules });
-            serve(id, &mut proc, conn, &mut ctl, &pool, heartbeat).await
+            serve(id, &mut proc, conn, &mut ctl, &pool, heartbeat, max_payload).await
         }
         Err(info) => info,
     };
@@ -265,6 +282,7 @@ async fn serve<R: Reporter>(
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
     pool: &R,
     heartbeat: Option<Duration>,
+    max_payload: usize,
 ) -> ExitInfo {
     // Any frame proves the child alive; heartbeats cover the quiet times.
     // Silent for three beats: the pool is told (and kills it). Frames are
@@ -308,6 +326,20 @@ async fn serve<R: Reporter>(
             frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => match frame {
                 Ok(Some(msg)) => {
                     frames += 1;
+                    let size = match &msg {
+                        FromHandler::Part { data, .. } => data.len(),
+                        FromHandler::Done { output, .. } => output.len(),
+                        _ => 0,
+                    };
+                    if size > max_payload {
+                        // The frame limit has room for the header; the
+                        // payload limit is the product's promise to clients.
+                        let cause = format!("sent {size} bytes, over --max-payload {max_payload}");
+                        warn!(pid = proc.pid, %cause, "child output too large; killing it");
+                        pool.child_event(id, ChildEvent::Broken { cause });
+                        proc.kill();
+                        break;
+                    }
                     beats |= matches!(msg, FromHandler::Heartbeat);
                     match &msg {
                         FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } => {
@@ -328,10 +360,20 @@ async fn serve<R: Reporter>(
                     }
                 }
                 Ok(None) => break,
+                Err(e) if proc.killed => {
+                    debug!(pid = proc.pid, error = %e, "killed child's connection ended");
+                    break;
+                }
                 Err(e) => {
                     // Never reuse a connection after a decode error: a late
                     // frame could answer the wrong job.
                     warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
+                    // A socket error or a cut-off frame is what a killed
+                    // child looks like; only a frame that arrived wrong is
+                    // the child's fault, worth naming in its job's message.
+                    if matches!(e, codec::CodecError::FrameTooLarge { .. } | codec::CodecError::OverLimit { .. } | codec::CodecError::Malformed(_)) {
+                        pool.child_event(id, ChildEvent::Broken { cause: format!("sent a bad frame: {e}") });
+                    }
                     proc.kill();
                     break;
                 }

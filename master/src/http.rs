@@ -78,17 +78,25 @@ pub async fn serve(
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let (failed, full) = (
+        crate::listener::Quiet::default(),
+        crate::listener::Quiet::default(),
+    );
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
+                if let Some(count) = failed.due() {
+                    tracing::warn!(error = %e, count, "HTTP accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many connections (--max-connections); closing HTTP connection");
+            if let Some(count) = full.due() {
+                tracing::warn!(%peer, count, "too many connections (--max-connections); closing HTTP connection");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -97,6 +105,9 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_DEADLINE)
+                // A client that shuts its write side after the request
+                // still gets its answer (the job id, or the result).
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
@@ -334,7 +345,7 @@ async fn submit(
         options: SubmitOptions {
             detach: true,
             start_later,
-            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            timeout_ms: timeout.map(SubmitOptions::timeout_ms),
         },
         reply: Reply::Detached,
         ack: Some(Ack::Local(ack_tx)),

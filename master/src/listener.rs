@@ -36,6 +36,35 @@ pub struct ListenerConfig {
 pub struct Handshakes {
     max: usize,
     waiting: Mutex<(u64, BTreeMap<u64, oneshot::Sender<()>>)>,
+    /// Evictions not yet logged: a flood logs one line a second, not one
+    /// per connection.
+    evicted: Quiet,
+}
+
+/// At most one log line a second for an event that may come in floods;
+/// the line says how many it stands for.
+#[derive(Default)]
+pub struct Quiet {
+    /// (when the last line was logged, events since).
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Quiet {
+    /// Counts an event; `Some(n)` when a line is due, standing for `n`.
+    pub fn due(&self) -> Option<u64> {
+        let mut state = self.state.lock().ok()?;
+        state.1 += 1;
+        let now = std::time::Instant::now();
+        if state
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        let n = std::mem::take(&mut state.1);
+        state.0 = Some(now);
+        Some(n)
+    }
 }
 
 /// A connection's place among those waiting for their hello; the receiver
@@ -51,6 +80,7 @@ impl Handshakes {
         Arc::new(Handshakes {
             max: max.max(1),
             waiting: Mutex::new((0, BTreeMap::new())),
+            evicted: Quiet::default(),
         })
     }
 
@@ -92,6 +122,7 @@ impl Drop for Place {
 
 /// Accepts connections until the process ends.
 pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<ListenerConfig>) {
+    let failed = Quiet::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -107,7 +138,9 @@ pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<Liste
             }
             Err(e) => {
                 // Out of descriptors, say: pause rather than spin on accept.
-                warn!(error = %e, "accept failed");
+                if let Some(count) = failed.due() {
+                    warn!(error = %e, count, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -131,7 +164,9 @@ async fn handle(
     let hello = tokio::select! {
         hello = read_hello(&mut reader, HELLO_TIMEOUT) => hello,
         _ = evicted => {
-            warn!(%peer, "closing a connection still without a hello to make room for a newer one (--max-handshakes)");
+            if let Some(count) = cfg.handshakes.evicted.due() {
+                warn!(%peer, count, "closing a connection still without a hello to make room for a newer one (--max-handshakes)");
+            }
             return;
         }
     };

@@ -62,6 +62,7 @@ pub async fn run(
     });
     let token = cfg.token.clone();
     let metrics = Arc::new(Metrics::new());
+    crate::child::open_random()?;
     let instance: Arc<str> = fresh_instance().into();
     let max_payload = cfg.max_payload;
     let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);

@@ -67,6 +67,13 @@ pub enum ChildEvent {
         /// How long it has been silent.
         silent: Duration,
     },
+    /// The child broke the protocol (a bad frame, output over
+    /// `--max-payload`); its task kills it, and its job fails `error` with
+    /// this cause.
+    Broken {
+        /// What it did.
+        cause: String,
+    },
     /// The process is gone and reaped (or could not be started).
     Exited(ExitInfo),
 }

@@ -123,6 +123,18 @@ pub struct SubmitOptions {
     pub timeout_ms: Option<u64>,
 }
 
+impl SubmitOptions {
+    /// The wire's milliseconds for a time limit: 0 stays 0 (no limit), any
+    /// other duration rounds up, so a limit under a millisecond is still a
+    /// limit, never "none".
+    pub fn timeout_ms(limit: std::time::Duration) -> u64 {
+        if limit.is_zero() {
+            return 0;
+        }
+        u64::try_from(limit.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+}
+
 /// How an operation on a job went: the kind of a
 /// [`Reply`](crate::messages::ToClient::Reply). HTTP maps each to a status
 /// code (200/202, 404, 409, 400, and the failure codes).
@@ -207,6 +219,19 @@ pub struct JobList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_under_a_millisecond_is_still_a_limit() {
+        use std::time::Duration;
+        assert_eq!(SubmitOptions::timeout_ms(Duration::ZERO), 0);
+        assert_eq!(SubmitOptions::timeout_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(SubmitOptions::timeout_ms(Duration::from_micros(400)), 1);
+        assert_eq!(SubmitOptions::timeout_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(
+            SubmitOptions::timeout_ms(Duration::from_micros(1500_001)),
+            1501
+        );
+    }
 
     #[test]
     fn ids_parse_and_reject() {

@@ -3,13 +3,18 @@
 //!
 //! # Layout
 //!
-//! - [`messages`]: one enum per direction, one variant per operation.
-//! - [`codec`]: framing and bincode, the only place that encodes or decodes.
-//! - [`handshake`]: the hello, its deadline, constant-time secret check.
-//! - [`reason`]: the failure reasons of SPEC section 5.
-//! - [`jobs`]: job ids, statuses and the JSON bodies of job operations.
-//! - [`stats`]: the `taskmaster stats` figures.
-//! - [`client`]: the async client (many jobs in flight, parts, `do_task`).
+//! - [`messages`]: one enum per direction, one variant per operation;
+//!   [`PROTOCOL_VERSION`].
+//! - [`codec`]: framing and bincode, the only place that encodes or decodes;
+//!   the size limits.
+//! - [`handshake`]: the hello and its deadline, constant-time secret and
+//!   token checks, the client token from the environment.
+//! - [`reason`]: [`Reason`], the failure reasons of SPEC section 5.
+//! - [`jobs`]: job ids, statuses, submit options and the JSON bodies of
+//!   job operations, shared with the master's HTTP API.
+//! - [`stats`]: [`Stats`], the `taskmaster stats` figures.
+//! - [`client`]: the async client (many jobs in flight, parts, job
+//!   operations, events, `do_task`).
 //!
 //! # Frames
 //!

@@ -324,3 +324,93 @@ async fn children_get_in_while_clients_hold_every_place() {
     // The held clients still work.
     assert_eq!(held[0].do_task("echo", "ok").await.unwrap(), "ok");
 }
+
+/// A handler whose output breaks `--max-payload` (a wrapper raises the
+/// limit it was given): its job fails `error` naming the cause, the child
+/// is replaced, and output at the limit still passes.
+#[tokio::test]
+async fn a_child_output_over_max_payload_fails_its_job_error() {
+    let dir = std::env::temp_dir().join(format!("taskmaster-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("handler.sh");
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh\nset -- $(echo \"$@\" | sed 's/--max-payload [0-9]*/--max-payload 1048576/')\nexec '{}' \"$@\"\n",
+            bin("taskmaster-test-handler").display()
+        ),
+    );
+    let master = Master::start_with(
+        &[
+            "--pool-start",
+            "1",
+            "--pool-max",
+            "1",
+            "--max-payload",
+            "1024",
+        ],
+        &script,
+    );
+    master.wait_log("pool ready", Duration::from_secs(10));
+    let client = master.client().await;
+    let out = client.do_task("big", "1024").await.unwrap();
+    assert_eq!(out.len(), 1024, "output at the limit passes");
+    let failure = match client.do_task("big", "5000").await {
+        Err(taskmaster_tests::ClientError::Job(f)) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert_eq!(failure.reason, taskmaster_tests::Reason::Error);
+    assert!(
+        failure
+            .message
+            .contains("sent 5000 bytes, over --max-payload 1024"),
+        "{}",
+        failure.message
+    );
+    let out = client.do_task("big", "10").await.unwrap();
+    assert_eq!(out.len(), 10, "the replacement child serves");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file descriptor in use while a child must be replaced: the spawn
+/// fails (a start-up failure, with back-off) instead of taking the master
+/// down, and the pool heals once descriptors are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_without_file_descriptors_does_not_take_the_master_down() {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=64:64")
+        .arg(bin("taskmaster"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--pool-start",
+            "2",
+            "--pool-max",
+            "2",
+        ])
+        .arg("--handler")
+        .arg(bin("taskmaster-handler"));
+    let mut master = Master::launch_cmd(cmd);
+    master.wait_log("pool ready", Duration::from_secs(10));
+    let addr: std::net::SocketAddr = master.addr.parse().unwrap();
+    // Far more connections than descriptors: accept starts failing.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(s) = std::net::TcpStream::connect(addr) {
+            held.push(s);
+        }
+    }
+    master.wait_log("accept failed", Duration::from_secs(5));
+    let victim = master.children()[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    master.wait_log("child failed to start", Duration::from_secs(5));
+    assert!(pid_alive(master.pid), "the master survives");
+    drop(held);
+    let client = master.client().await;
+    wait_stats(&client, "the pool whole again", |s| {
+        s.pool.size == 2 && s.pool.starting == 0
+    })
+    .await;
+    assert_eq!(client.do_task("echo", "ok").await.unwrap(), "ok");
+    assert!(!master.log().iter().any(|l| l.contains("panicked")));
+}

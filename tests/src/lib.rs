@@ -519,6 +519,13 @@ impl Master {
         Self::start_exact_env(args, &[])
     }
 
+    /// Starts a master from a prepared command line (a wrapper such as
+    /// `prlimit` that execs `taskmaster`), its log captured.
+    pub fn launch_cmd(mut cmd: Command) -> Master {
+        cmd.env("RUST_LOG", "info");
+        Self::launch(cmd, false)
+    }
+
     /// As [`Master::start_exact`], with these environment variables set.
     pub fn start_exact_env(args: &[&str], env: &[(&str, &str)]) -> Master {
         let mut cmd = Command::new(bin("taskmaster"));

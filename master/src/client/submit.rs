@@ -63,7 +63,7 @@ pub async fn run(args: SubmitArgs) -> ExitCode {
         start_later: args.start_later,
         timeout_ms: args
             .timeout
-            .map(|t| u64::try_from(Duration::from_secs_f64(t).as_millis()).unwrap_or(u64::MAX)),
+            .map(|t| SubmitOptions::timeout_ms(Duration::from_secs_f64(t))),
     };
     if options.detach {
         return match client.submit_detached(&args.module, input, options).await {

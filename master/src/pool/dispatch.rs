@@ -11,6 +11,7 @@ use crate::table::End;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+use taskmaster_proto::codec::clip_message;
 use taskmaster_proto::jobs::JobStatus;
 use taskmaster_proto::Reason;
 use tokio::sync::mpsc;
@@ -20,6 +21,12 @@ impl Pool {
     /// Answers a job once: counts it, records it in the job table (waking
     /// its waiters, disarming its time limit) and tells its submitter.
     pub(super) fn finish(&mut self, job: JobId, reply: Option<Reply>, end: End) {
+        // One bound for every failure message, whichever way it is read
+        // (socket, HTTP, status): a module name or a child's text may be long.
+        let end = match end {
+            End::Failed(reason, message) => End::Failed(reason, clip_message(message)),
+            completed => completed,
+        };
         if self.events.wanted() {
             let mut e = Event::new(match &end {
                 End::Completed(_) => "job-completed",
@@ -165,6 +172,7 @@ impl Pool {
             }
         }
         if let Err((reason, message)) = admitted {
+            let message = clip_message(message);
             if let Some(ack) = ack {
                 let answer = Answer::failed(
                     self.table.id(id),

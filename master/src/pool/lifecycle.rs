@@ -246,6 +246,13 @@ impl Pool {
                     self.set_state(id, State::Stopping);
                 }
             }
+            ChildEvent::Broken { cause } => {
+                if let Some(slot) = self.children.get_mut(&id) {
+                    warn!(pid = slot.pid, child = id, %cause, "child broke the protocol; killing it");
+                    slot.kill_cause = Some(cause);
+                    self.set_state(id, State::Stopping);
+                }
+            }
             ChildEvent::Exited(info) => self.child_exited(id, info),
         }
     }

@@ -6,6 +6,9 @@
 //!   given milliseconds and answers its pid (only SIGKILL stops it).
 //! - `grow`: allocates and touches the given MiB, keeps them for the life
 //!   of the child, and answers its pid (resident memory grows for good).
+//! - `big`: answers the given number of bytes (`b`s), whatever the
+//!   `--max-payload` it was started with allows (with a wrapper raising
+//!   it, a handler that breaks the master's limit).
 //! - `spawner`: starts a `sleep 1000` process of its own, sends its pid as
 //!   a part, then sleeps the given milliseconds (a module whose own
 //!   processes must not outlive its child).
@@ -73,6 +76,18 @@ impl Module for Grow {
     }
 }
 
+struct Big;
+
+impl Module for Big {
+    fn name(&self) -> &str {
+        "big"
+    }
+
+    fn call(&mut self, input: &[u8], _: &mut Parts<'_>) -> Result<Vec<u8>, String> {
+        Ok(vec![b'b'; number(input)? as usize])
+    }
+}
+
 struct Spawner;
 
 impl Module for Spawner {
@@ -99,5 +114,6 @@ fn main() {
     modules.push(Box::new(Stubborn));
     modules.push(Box::new(Grow::default()));
     modules.push(Box::new(Spawner));
+    modules.push(Box::new(Big));
     taskmaster_handler::run(modules)
 }
