@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(SubmitOptions::timeout_ms(Duration::from_micros(400)), 1);
         assert_eq!(SubmitOptions::timeout_ms(Duration::from_millis(1500)), 1500);
         assert_eq!(
-            SubmitOptions::timeout_ms(Duration::from_micros(1500_001)),
+            SubmitOptions::timeout_ms(Duration::from_micros(1_500_001)),
             1501
         );
     }
