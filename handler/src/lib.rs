@@ -2,12 +2,17 @@
 //!
 //! # Layout
 //!
-//! - [`Module`]: the trait a module implements; [`Parts`] sends partial output.
-//! - [`run`]: connect back to the master, say hello, run one job at a time.
+//! - this file: [`Module`], the trait a module implements; [`Parts`],
+//!   which sends partial output; [`run`], which connects back to the
+//!   master, says hello and runs one job at a time, batching its answers.
 //! - [`typed`]: serde helpers matching the client's `do_typed`.
-//! - `args` (private): the command line the master gives its children.
+//! - `args` (private): the command line the master gives its children
+//!   and the secret on stdin.
 //! - `lifeline` (private): dying with the master (death signal, parent
-//!   check, socket hang-up watcher).
+//!   check, socket hang-up watcher) and sending heartbeats.
+//!
+//! The stock `taskmaster-handler` binary is in the `taskmaster-modules`
+//! package (`modules/src/main.rs`), which links the standard modules.
 //!
 //! The runtime is plain threads and blocking sockets, no async runtime: one
 //! job at a time needs none, module code may block, and a child that starts

@@ -249,6 +249,13 @@ pub async fn serve(
                 });
             }
             Ok(Some(ToMaster::Events { tag, job })) => {
+                // A subscription is work in flight: a quiet one is not an
+                // idle connection, whatever the event rate.
+                let subscribed = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let mut events = pool.subscribe();
                 let tx = tx.clone();
                 let mut reading = reading.subscribe();
@@ -256,6 +263,7 @@ pub async fn serve(
                 // one that does not read loses events, not master memory.
                 let backlog = Arc::new(Semaphore::new(EVENT_BACKLOG));
                 tokio::spawn(async move {
+                    let _subscribed = subscribed;
                     loop {
                         let next = tokio::select! {
                             next = events.recv() => next,

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - this file: [`standard`], every module below; a new module is a file
+//!   here, a `pub mod` line and an entry in [`standard`].
 //! - [`echo`]: the input, unchanged.
 //! - [`sleep`]: sleeps N ms, answers the child's pid.
 //! - [`pid`]: the child's pid.
@@ -10,6 +12,8 @@
 //! - [`crash`]: aborts the child mid-job.
 //! - [`sha256`]: lowercase hex digest of the input.
 //! - [`count`]: N parts, then `done\n`.
+//! - `main.rs`: the stock `taskmaster-handler` binary (the runtime with
+//!   these modules).
 
 pub mod count;
 pub mod crash;

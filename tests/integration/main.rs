@@ -11,7 +11,10 @@
 //! lifecycle events, chaos), `hardening` (stolen and replayed child
 //! secrets, forged answers, client tokens, unread answers, idle and slow
 //! connections, connection limits, non-loopback binds), `soak` (mixed load
-//! with a child killed every second; RSS, fds and respawns flat).
+//! with a child killed every second; RSS, fds and respawns flat),
+//! `reliability` (kills of healthy children, a handler that cannot start,
+//! flow control for a client that stops reading, children getting in
+//! while clients hold every place, fd exhaustion, oversized child output).
 
 mod bench;
 mod cli;
