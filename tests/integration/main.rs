@@ -14,7 +14,8 @@
 //! with a child killed every second; RSS, fds and respawns flat),
 //! `reliability` (kills of healthy children, a handler that cannot start,
 //! flow control for a client that stops reading, children getting in
-//! while clients hold every place, fd exhaustion, oversized child output).
+//! while clients hold every place, fd exhaustion, oversized child output),
+//! `layout` (no import circle in any crate, no source file over 700 lines).
 
 mod bench;
 mod cli;
@@ -23,6 +24,7 @@ mod faults;
 mod hardening;
 mod http;
 mod jobs;
+mod layout;
 mod pool;
 mod reliability;
 mod soak;
