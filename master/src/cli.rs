@@ -93,15 +93,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKMASTER_MAX_PAYLOAD", default_value_t = taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
     pub max_payload: usize,
     /// Jobs a busy child may hold when no child is free: 1 runs + the rest
-    /// wait in its socket, saving a round trip per job for short jobs. 1:
-    /// every job goes to the first free child.
+    /// wait in its socket, saving a round trip per job for short jobs.
+    /// `auto`: only behind work its modules' run times say is short (at
+    /// most 2 ms, 64 jobs); N: up to N; 1: every job goes to the first free
+    /// child.
     #[arg(
         long,
         env = "TASKMASTER_PREFETCH",
-        default_value_t = 1,
-        value_name = "N"
+        default_value = "auto",
+        value_name = "auto|N"
     )]
-    pub prefetch: usize,
+    pub prefetch: crate::config::Prefetch,
     /// Seconds a shutdown waits for running jobs before killing them.
     #[arg(long, env = "TASKMASTER_GRACE", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub grace: f64,

@@ -27,6 +27,30 @@ impl Token {
 /// deadline always fits the timer wheel.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How many jobs a busy child may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// As many as its module's run-time estimate allows (`pool::estimate`).
+    Auto,
+    /// At most this many (1: strict first-free-child dispatch).
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Prefetch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Prefetch, String> {
+        if s == "auto" {
+            return Ok(Prefetch::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Prefetch::Fixed(n)),
+            _ => Err(format!(
+                "expected auto or a number from 1 to 1024, got {s:?}"
+            )),
+        }
+    }
+}
+
 /// Settings of a running master.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,8 +67,8 @@ pub struct Config {
     /// How long a shutdown waits for running jobs.
     pub grace: Duration,
     /// Jobs a busy child may hold (1 running + the rest waiting in its
-    /// socket). 1 keeps strict first-free-child dispatch.
-    pub prefetch: usize,
+    /// socket).
+    pub prefetch: Prefetch,
     /// Run-time limit of a job that asks for none (`None`: no limit).
     pub job_timeout: Option<Duration>,
     /// Finished jobs kept in the job table (and start-later jobs held).
@@ -232,8 +256,10 @@ impl Config {
                 max: self.pool_max,
             });
         }
-        if !(1..=1024).contains(&self.prefetch) {
-            return Err(ConfigError::Prefetch(self.prefetch));
+        if let Prefetch::Fixed(n) = self.prefetch {
+            if !(1..=1024).contains(&n) {
+                return Err(ConfigError::Prefetch(n));
+            }
         }
         if self.job_timeout.is_some_and(|t| t > MAX_TIMEOUT) {
             return Err(ConfigError::JobTimeout);

@@ -86,6 +86,8 @@ pub struct Ended {
     pub ran: Option<Duration>,
     /// Its armed time limit, to disarm.
     pub timer: Option<delay_queue::Key>,
+    /// Its module (for the module's run-time estimate).
+    pub module: Arc<str>,
 }
 
 /// Every job the master knows.
@@ -257,6 +259,7 @@ impl JobTable {
                 waited: r.started.map(|s| s.duration_since(r.queued_mono)),
                 ran: r.started.map(|s| now.duration_since(s)),
                 timer: r.timer,
+                module: r.module.clone(),
             });
         }
         if r.status == JobStatus::StartLater {
@@ -290,6 +293,7 @@ impl JobTable {
             waited: r.started.map(|s| s.duration_since(r.queued_mono)),
             ran: r.started.map(|s| now.duration_since(s)),
             timer: r.timer.take(),
+            module: r.module.clone(),
         };
         let waiters = std::mem::take(&mut r.waiters);
         if !waiters.is_empty() {

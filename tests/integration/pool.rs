@@ -190,3 +190,47 @@ async fn standard_modules_answer_as_specified() {
     let typed: Vec<u32> = client.do_typed("echo", &vec![1u32, 2, 3]).await.unwrap();
     assert_eq!(typed, vec![1, 2, 3]);
 }
+
+/// `--prefetch auto` (the default) batches quick jobs into busy children
+/// but never puts a quick job behind a long one: with one child sleeping
+/// a second, a flood of echoes keeps flowing through the other child, none
+/// of them waiting for the sleeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_prefetch_never_queues_a_quick_job_behind_a_long_one() {
+    let master = Master::ready(&["--pool-start", "2", "--pool-max", "2", "--job-max", "10000"]);
+    let client = master.client().await;
+    // The pool learns that echo is quick.
+    for _ in 0..20 {
+        client.do_task("echo", "x").await.unwrap();
+    }
+    let sleeper = master.client().await;
+    let long = tokio::spawn(async move { sleeper.do_task("sleep", "1000").await });
+    wait_stats(&client, "the sleep job running", |s| s.pool.busy == 1).await;
+    let started = std::time::Instant::now();
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let c = master.client().await;
+        floods.push(tokio::spawn(async move {
+            let mut jobs = Vec::new();
+            for i in 0..50 {
+                jobs.push(c.submit("echo", format!("{i}"), Bytes::new()).unwrap());
+            }
+            let mut worst = std::time::Duration::ZERO;
+            for (i, job) in jobs.into_iter().enumerate() {
+                let done = job.finish().await.unwrap();
+                assert_eq!(done.output, format!("{i}").as_bytes());
+                worst = worst.max(started.elapsed());
+            }
+            worst
+        }));
+    }
+    let mut worst = std::time::Duration::ZERO;
+    for f in floods {
+        worst = worst.max(f.await.unwrap());
+    }
+    assert!(
+        worst < std::time::Duration::from_millis(700),
+        "200 echoes took {worst:?}: some waited behind the 1 s sleep"
+    );
+    assert!(long.await.unwrap().is_ok());
+}

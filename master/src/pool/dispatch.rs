@@ -3,8 +3,10 @@
 //! first), prefetch into busy children's windows, and `finish`, the one
 //! place every job is answered, counted and recorded.
 
+use super::estimate;
 use super::*;
 use crate::child::ChildCtl;
+use crate::config::Prefetch;
 use crate::events::Event;
 use crate::job::{Answer, Body, JobId, Queued, Reply, Submission};
 use crate::table::End;
@@ -81,6 +83,7 @@ impl Pool {
             }
             if let Some(ran) = ended.ran {
                 self.metrics.run_time.observe(ran.as_secs_f64());
+                self.run_times.observe(&ended.module, ran);
             }
         }
         match answer {
@@ -255,6 +258,7 @@ impl Pool {
             .expect("dispatch target has a slot");
         debug!(job = job.id, pid = slot.pid, module = %job.module, "job sent to child");
         let resend = (!slot.jobs.is_empty()).then(|| (job.module.clone(), job.input.clone()));
+        let est = self.run_times.estimate(&job.module);
         let ctl = ChildCtl::Job {
             job: job.id,
             module: job.module,
@@ -270,8 +274,10 @@ impl Pool {
                 } else {
                     self.prefetched += 1;
                 }
+                slot.window = slot.window.saturating_add(est);
                 slot.jobs.push_back(Held {
                     id: job.id,
+                    est,
                     started: runs_now,
                     reply: Some(job.reply),
                     resend,
@@ -318,26 +324,47 @@ impl Pool {
         }
     }
 
-    /// With `--prefetch` above 1, no child free and the pool at `pool-max`,
-    /// tops up the busy children's windows from the queue, shortest window
-    /// first. Growth comes first: below `pool-max` a waiting job spawns a
-    /// child instead; jobs a starting child will take stay queued for it.
+    /// With no child free and the pool at `pool-max`, tops up the busy
+    /// children's windows from the queue (`--prefetch`): under `auto` only
+    /// while the front job's module and the target's window are estimated
+    /// short (the rule is in `estimate.rs`), least estimated work first;
+    /// with a fixed N, up to N jobs, shortest window first. Growth comes
+    /// first: below `pool-max` a waiting job spawns a child instead; jobs a
+    /// starting child will take stay queued for it.
     pub(super) fn prefetch(&mut self) {
-        if self.cfg.prefetch <= 1 || self.shutting_down || self.children.len() < self.cfg.pool_max {
+        let (cap, budget) = match self.cfg.prefetch {
+            Prefetch::Fixed(n) if n <= 1 => return,
+            Prefetch::Fixed(n) => (n, None),
+            Prefetch::Auto => (estimate::MAX_WINDOW, Some(estimate::BUDGET)),
+        };
+        if self.shutting_down || self.children.len() < self.cfg.pool_max {
             return;
         }
         while self.queue.len() > self.starting && self.idle.is_empty() {
+            if let Some(budget) = budget {
+                let front = &self.queue.front().expect("queue not empty").module;
+                if self.run_times.estimate(front) > budget {
+                    return;
+                }
+            }
             let target = self
                 .children
                 .iter()
                 .filter(|(_, s)| {
                     s.state == State::Busy
-                        && s.jobs.len() < self.cfg.prefetch
+                        && s.jobs.len() < cap
+                        && budget.is_none_or(|b| s.window <= b)
                         && !s.retire_when_free
                         // A child never holds more jobs than it may still run.
                         && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit)
                 })
-                .min_by_key(|(_, s)| s.jobs.len())
+                .min_by_key(|(_, s)| {
+                    if budget.is_some() {
+                        s.window
+                    } else {
+                        s.jobs.len() as u64
+                    }
+                })
                 .map(|(&id, _)| id);
             let Some(child) = target else {
                 return;

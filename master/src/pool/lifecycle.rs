@@ -72,6 +72,7 @@ impl Pool {
                 secret,
                 attached: false,
                 jobs: VecDeque::new(),
+                window: 0,
                 kill_cause: None,
                 generation: self.generation,
                 jobs_done: 0,
@@ -391,6 +392,7 @@ impl Pool {
         self.held_job(id, job)?;
         let slot = self.children.get_mut(&id)?;
         let held = slot.jobs.pop_front()?;
+        slot.window = slot.window.saturating_sub(held.est);
         if retire && !slot.jobs.is_empty() {
             return Some((held.id, held.reply));
         }

@@ -47,6 +47,7 @@ use tracing::info;
 
 mod breaker;
 mod dispatch;
+mod estimate;
 mod handle;
 mod lifecycle;
 #[cfg(test)]
@@ -92,9 +93,11 @@ struct Slot {
     secret: [u8; SECRET_LEN],
     attached: bool,
     /// Jobs sent to this child, oldest first: the front one runs, the rest
-    /// (with `--prefetch` above 1) wait unread in its socket. A child runs
-    /// its jobs in order, so only the front one can have started.
+    /// (prefetched) wait unread in its socket. A child runs its jobs in
+    /// order, so only the front one can have started.
     jobs: VecDeque<Held>,
+    /// The estimated work in `jobs`, µs (the sum of their `est`).
+    window: u64,
     /// Why the master killed it, for the message of the job it held.
     kill_cause: Option<String>,
     /// The restart generation it was spawned in (SIGHUP bumps the pool's).
@@ -117,6 +120,8 @@ struct Slot {
 /// A job sent to a child.
 struct Held {
     id: JobId,
+    /// Its module's run-time estimate when it was sent, µs.
+    est: u64,
     /// The child has started it (it is, or was, the front of the window).
     started: bool,
     /// `None` once answered early (cancelled or timed out while the child
@@ -166,6 +171,8 @@ struct Pool {
     idle_check: Option<Instant>,
     /// Start-up failures, back-off and the crash-loop breaker.
     breaker: Breaker,
+    /// Modules' run times, for `--prefetch auto`.
+    run_times: estimate::RunTimes,
     /// The restart generation; children of older ones are replaced.
     generation: u64,
     /// The fresh child a rolling restart is waiting for.
@@ -221,6 +228,7 @@ pub fn start(
         timers: DelayQueue::new(),
         idle_check: None,
         breaker,
+        run_times: estimate::RunTimes::default(),
         generation: 0,
         rolling: None,
         restarting: false,

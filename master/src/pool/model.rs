@@ -421,7 +421,11 @@ fn config(s: &Setup) -> Config {
     cfg.pool_start = s.pool_start;
     cfg.pool_max = s.pool_max;
     cfg.job_max = s.job_max;
-    cfg.prefetch = s.prefetch;
+    // 0: `auto`.
+    cfg.prefetch = match s.prefetch {
+        0 => crate::config::Prefetch::Auto,
+        n => crate::config::Prefetch::Fixed(n),
+    };
     cfg.handler = "fake-handler".into();
     cfg.grace = Duration::from_millis(s.grace_ms);
     cfg.job_timeout = None;
@@ -1222,7 +1226,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 Just(start),
                 Just(max),
                 0usize..=4,
-                1usize..=2,
+                0usize..=2,
                 100u64..3000,
                 500u64..4000,
                 prop_oneof![3 => Just(0u64), 1 => 1u64..4],

@@ -212,6 +212,7 @@ impl Pool {
             };
             let _ = slot.ctl.send(ChildCtl::Stop);
             let unstarted = std::mem::take(&mut slot.jobs);
+            slot.window = 0;
             self.set_state(id, State::Stopping);
             if !unstarted.is_empty() {
                 self.busy -= 1;

@@ -127,7 +127,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         handler: "fake-handler".into(),
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
-        prefetch,
+        prefetch: crate::config::Prefetch::Fixed(prefetch),
         job_timeout: None,
         keep_results: 100,
         result_ttl: Duration::from_secs(3600),
