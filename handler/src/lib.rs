@@ -107,12 +107,6 @@ impl Conn {
     }
 }
 
-/// Whether `buf` starts with a whole frame: another job is already here, so
-/// answers can wait and share one write with the next ones.
-fn holds_whole_frame(buf: &[u8]) -> bool {
-    buf.len() >= 4 && buf.len() - 4 >= u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
-}
-
 /// Runs a handler child with these modules; never returns. The master
 /// starts it with `--connect`, `--child-id`, `--master-pid` and
 /// `--max-payload`, and writes the child's secret on its stdin.
@@ -226,11 +220,12 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
     codec::encode(&hello, &mut conn.buf).map_err(io::Error::other)?;
 
     loop {
-        // Answers wait in the buffer while more jobs are already read (the
-        // master prefetched them); otherwise they go out before we block.
-        if !holds_whole_frame(reader.buffer()) {
-            conn.flush()?;
-        }
+        // The last answer leaves the process before the next job starts,
+        // even when more jobs are already read (prefetched): if the next
+        // job crashes the process, an answer still in our buffer would be
+        // lost, its job reported failed although it ran, and the crashing
+        // job taken for one never started and run again elsewhere.
+        conn.flush()?;
         let Some(frame) = codec::read_frame_blocking(&mut reader, args.max_payload)? else {
             break;
         };

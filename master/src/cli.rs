@@ -100,7 +100,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TASKMASTER_PREFETCH",
-        default_value = "auto",
+        default_value = "1",
         value_name = "auto|N"
     )]
     pub prefetch: crate::config::Prefetch,

@@ -163,3 +163,55 @@ async fn prefetched_jobs_survive_a_crash_and_a_kill() {
         assert_ne!(pid, victim.to_string().as_bytes());
     }
 }
+
+/// Jobs prefetched *ahead of* a crash in one child's window: each answer
+/// leaves the child before its next job starts, so the jobs it finished
+/// are completed, only the crash fails, and the crash runs once.
+#[tokio::test]
+async fn answers_before_a_crash_in_the_same_window_are_kept() {
+    let master = Master::ready(&[
+        "--pool-start",
+        "1",
+        "--pool-max",
+        "1",
+        "--prefetch",
+        "16",
+        "--job-max",
+        "1000",
+    ]);
+    let client = master.client().await;
+    let hold = client.submit("sleep", "200", Bytes::new()).unwrap();
+    wait_stats(&client, "the child busy", |s| s.pool.busy == 1).await;
+    let before: Vec<_> = (0..8)
+        .map(|i| {
+            (
+                i,
+                client.submit("echo", i.to_string(), Bytes::new()).unwrap(),
+            )
+        })
+        .collect();
+    let crash = client.submit("crash", "", Bytes::new()).unwrap();
+    let after: Vec<_> = (8..12)
+        .map(|i| {
+            (
+                i,
+                client.submit("echo", i.to_string(), Bytes::new()).unwrap(),
+            )
+        })
+        .collect();
+    hold.finish().await.unwrap();
+    for (i, job) in before.into_iter().chain(after) {
+        let out = job
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("echo {i}: {e:?}"));
+        assert_eq!(out.output, i.to_string().as_bytes());
+    }
+    match crash.finish().await {
+        Err(taskmaster_tests::ClientError::Job(f)) => assert_eq!(f.reason, Reason::Error),
+        other => panic!("{other:?}"),
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.jobs.failed, 1, "only the crash: {stats:?}");
+    assert_eq!(stats.children.exited, 1, "the crash ran once: {stats:?}");
+}

@@ -191,13 +191,22 @@ async fn standard_modules_answer_as_specified() {
     assert_eq!(typed, vec![1, 2, 3]);
 }
 
-/// `--prefetch auto` (the default) batches quick jobs into busy children
+/// `--prefetch auto` batches quick jobs into busy children
 /// but never puts a quick job behind a long one: with one child sleeping
 /// a second, a flood of echoes keeps flowing through the other child, none
 /// of them waiting for the sleeper.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_prefetch_never_queues_a_quick_job_behind_a_long_one() {
-    let master = Master::ready(&["--pool-start", "2", "--pool-max", "2", "--job-max", "10000"]);
+    let master = Master::ready(&[
+        "--pool-start",
+        "2",
+        "--pool-max",
+        "2",
+        "--job-max",
+        "10000",
+        "--prefetch",
+        "auto",
+    ]);
     let client = master.client().await;
     // The pool learns that echo is quick.
     for _ in 0..20 {

@@ -187,7 +187,10 @@ impl Master {
             .arg("--handler")
             .arg(handler)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TASKMASTER_TEST_RUST_LOG").unwrap_or("info".into()),
+            )
             .env_remove("TASKMASTER_POOL_START")
             .env_remove("TASKMASTER_POOL_MAX")
             .env_remove("TASKMASTER_JOB_MAX");
