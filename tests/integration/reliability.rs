@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskmaster_tests::{
-    bin, children_of, http, pid_alive, try_http, vm_rss_kib, wait_stats, wait_until,
-    wait_until_async, Master,
+    bin, children_of, http, kill_random_child, pid_alive, try_http, vm_rss_kib, wait_stats,
+    wait_until, wait_until_async, Master,
 };
 
 fn pid_of(output: &[u8]) -> u32 {
@@ -62,15 +62,7 @@ async fn random_kills_under_http_load_fail_at_most_the_jobs_they_held() {
         let end = Instant::now() + Duration::from_secs(4);
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
-            let kids = children_of(master_pid);
-            if kids.is_empty() {
-                continue;
-            }
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let victim = kids[(seed % kids.len() as u64) as usize];
-            if kill(Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok() {
+            if kill_random_child(master_pid, &mut seed).is_some() {
                 kills += 1;
             }
         }

@@ -4,8 +4,7 @@
 //! CLI), and a chaos run with children killed at random.
 
 use bytes::Bytes;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -1042,15 +1041,7 @@ async fn chaos_random_kills_lose_no_job_and_the_pool_heals() {
             let mut last_kill = None;
             while running.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                let kids = children_of(master_pid);
-                if kids.is_empty() {
-                    continue;
-                }
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let victim = kids[(seed % kids.len() as u64) as usize];
-                if kill(Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok() {
+                if taskmaster_tests::kill_random_child(master_pid, &mut seed).is_some() {
                     kills += 1;
                     last_kill = Some(Instant::now());
                 }

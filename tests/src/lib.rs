@@ -159,6 +159,25 @@ struct Log {
     changed: Condvar,
 }
 
+/// SIGKILLs one of `master`'s children, picked at random (xorshift on
+/// `seed`); the pid it killed, if it had any child to kill.
+pub fn kill_random_child(master: u32, seed: &mut u64) -> Option<u32> {
+    let kids = children_of(master);
+    if kids.is_empty() {
+        return None;
+    }
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let victim = kids[(*seed % kids.len() as u64) as usize];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .ok()
+    .map(|()| victim)
+}
+
 /// A running master started on port 0.
 pub struct Master {
     child: Option<Child>,
