@@ -100,7 +100,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TASKMASTER_PREFETCH",
-        default_value = "1",
+        default_value = "auto",
         value_name = "auto|N"
     )]
     pub prefetch: crate::config::Prefetch,

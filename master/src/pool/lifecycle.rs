@@ -398,8 +398,11 @@ impl Pool {
         }
         let stopping = slot.state == State::Stopping;
         let next = slot.jobs.front_mut().map(|h| {
-            // A child being killed never starts the next one.
-            h.started = !stopping;
+            // The child sends each answer before it starts its next job, so
+            // it may be running this one now, even if it is being stopped
+            // (the signal may land after it started): never run it again
+            // elsewhere. (The jobs behind it cannot have started.)
+            h.started = true;
             h.id
         });
         match next {
