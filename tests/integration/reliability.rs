@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskmaster_tests::{
-    bin, children_of, http, kill_random_child, pid_alive, try_http, vm_rss_kib, wait_stats,
-    wait_until, wait_until_async, Master,
+    bin, http, kill_random_child, pid_alive, try_http, vm_rss_kib, wait_stats, wait_until,
+    wait_until_async, Master,
 };
 
 fn pid_of(output: &[u8]) -> u32 {
@@ -109,12 +109,15 @@ async fn random_kills_under_http_load_fail_at_most_the_jobs_they_held() {
 async fn eight_kills_of_children_that_just_answered_leave_the_pool_serving() {
     let master = Master::ready_http(&[]);
     let client = master.client().await;
-    for _ in 0..8 {
+    for killed in 1..=8 {
         let pid = pid_of(&client.do_task("pid", "").await.expect("pid job"));
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-        wait_until("the killed child reaped", Duration::from_secs(5), || {
-            !children_of(master.pid).contains(&pid)
-        });
+        // Until the master has seen the death, a job may still go to the
+        // dead child (and fail `error`): wait for that, not for /proc.
+        wait_stats(&client, "the kill seen by the master", |s| {
+            s.children.exited == killed
+        })
+        .await;
     }
     let asked = Instant::now();
     let pid = pid_of(
