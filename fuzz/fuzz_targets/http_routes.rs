@@ -136,7 +136,10 @@ async fn fake_child(id: ChildId, mut ctl: mpsc::UnboundedReceiver<ChildCtl>, poo
         .to_vec();
     pool.child_event(id, ChildEvent::Ready { modules });
     while let Some(cmd) = ctl.recv().await {
-        let ChildCtl::Job { job, module, input } = cmd else {
+        let ChildCtl::Job {
+            job, module, input, ..
+        } = cmd
+        else {
             // Stop, kill, terminate (or anything new): exit.
             pool.child_event(id, exited(Some(0), None));
             return;
