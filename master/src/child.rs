@@ -360,20 +360,20 @@ async fn serve<R: Reporter>(
                     }
                 }
                 Ok(None) => break,
-                Err(e) if proc.killed => {
-                    debug!(pid = proc.pid, error = %e, "killed child's connection ended");
+                // A socket error or a cut-off frame is what a dead child
+                // looks like (a reset when it died with jobs unread): like
+                // EOF, the process is reaped below (killed if it lingers),
+                // so its exit is told as it was, OOM hint included.
+                Err(e) if proc.killed || !matches!(e, codec::CodecError::FrameTooLarge { .. } | codec::CodecError::OverLimit { .. } | codec::CodecError::Malformed(_)) => {
+                    debug!(pid = proc.pid, error = %e, "connection to child ended");
                     break;
                 }
                 Err(e) => {
                     // Never reuse a connection after a decode error: a late
-                    // frame could answer the wrong job.
+                    // frame could answer the wrong job. A frame that arrived
+                    // wrong is the child's fault, named in its job's message.
                     warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
-                    // A socket error or a cut-off frame is what a killed
-                    // child looks like; only a frame that arrived wrong is
-                    // the child's fault, worth naming in its job's message.
-                    if matches!(e, codec::CodecError::FrameTooLarge { .. } | codec::CodecError::OverLimit { .. } | codec::CodecError::Malformed(_)) {
-                        pool.child_event(id, ChildEvent::Broken { cause: format!("sent a bad frame: {e}") });
-                    }
+                    pool.child_event(id, ChildEvent::Broken { cause: format!("sent a bad frame: {e}") });
                     proc.kill();
                     break;
                 }

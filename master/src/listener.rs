@@ -101,15 +101,6 @@ impl Handshakes {
         };
         (place, rx)
     }
-
-    /// Connections waiting for their hello now.
-    pub fn waiting(&self) -> usize {
-        self.waiting
-            .lock()
-            .expect("handshake list poisoned")
-            .1
-            .len()
-    }
 }
 
 impl Drop for Place {

@@ -550,32 +550,14 @@ async fn client_token_file_flag_on_every_client_command() {
         ok(&["result", "--token-file", &good, "--wait", "10", id]),
         "later"
     );
-    let held = ok(&[
-        "submit",
-        "--token-file",
-        &good,
-        "--start-later",
-        "echo",
-        "x",
-    ]);
-    let held = held.trim_end();
-    assert_eq!(
-        ok(&["start", "--token-file", &good, held]),
-        format!("{held} queued\n")
-    );
-    let held = ok(&[
-        "submit",
-        "--token-file",
-        &good,
-        "--start-later",
-        "echo",
-        "y",
-    ]);
-    let held = held.trim_end();
-    assert_eq!(
-        ok(&["cancel", "--token-file", &good, held]),
-        format!("{held} cancelled\n")
-    );
+    for (op, then) in [("start", "queued"), ("cancel", "cancelled")] {
+        let held = ok(&["submit", "--token-file", &good, "--start-later", "echo", op]);
+        let held = held.trim_end();
+        assert_eq!(
+            ok(&[op, "--token-file", &good, held]),
+            format!("{held} {then}\n")
+        );
+    }
     let list: serde_json::Value =
         serde_json::from_str(&ok(&["jobs", "--token-file", &good, "--json"])).expect("jobs JSON");
     assert!(
