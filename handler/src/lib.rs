@@ -8,6 +8,7 @@
 //! - [`typed`]: serde helpers matching the client's `do_typed`.
 //! - `args` (private): the command line the master gives its children
 //!   and the secret on stdin.
+//! - `exec` (private): executable modules from `--exec-dir`.
 //! - `lifeline` (private): dying with the master (death signal, parent
 //!   check, socket hang-up watcher) and sending heartbeats.
 //!
@@ -19,6 +20,7 @@
 //! small and fast is what lets the master grow the pool quickly.
 
 mod args;
+mod exec;
 mod lifeline;
 pub mod typed;
 
@@ -151,8 +153,49 @@ impl HandlerError {
     }
 }
 
+/// Builds the module table: the program's own modules, then the
+/// executable ones of `exec_dir`; a name given twice is a usage error
+/// naming both.
+fn module_table(
+    modules: Vec<Box<dyn Module>>,
+    exec_dir: Option<&std::path::Path>,
+    instance: &str,
+) -> Result<Vec<Box<dyn Module>>, HandlerError> {
+    let mut all = modules;
+    if let Some(dir) = exec_dir {
+        for module in exec::scan(dir, instance).map_err(HandlerError::Usage)? {
+            if all.iter().any(|m| m.name() == module.name()) {
+                return Err(HandlerError::Usage(format!(
+                    "{} gives the module name {:?}, which is a built-in module of this handler",
+                    module.path().display(),
+                    module.name()
+                )));
+            }
+            all.push(Box::new(module));
+        }
+    }
+    let mut names: Vec<&str> = all.iter().map(|m| m.name()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(HandlerError::DuplicateModule(pair[0].to_owned()));
+    }
+    Ok(all)
+}
+
 fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
-    let args = args::Args::parse(std::env::args().skip(1)).map_err(HandlerError::Usage)?;
+    let args = match args::Args::parse(std::env::args().skip(1)).map_err(HandlerError::Usage)? {
+        args::Mode::Serve(args) => args,
+        args::Mode::List { exec_dir } => {
+            let mut names: Vec<String> = module_table(modules, exec_dir.as_deref(), "")?
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect();
+            names.sort();
+            println!("{}", names.join("\n"));
+            return Ok(());
+        }
+    };
+    let modules = module_table(modules, args.exec_dir.as_deref(), &args.instance)?;
     // The death signal first, then the parent check: if the master died
     // before prctl, only getppid() can tell.
     lifeline::die_with_parent(args.master_pid).map_err(|_| HandlerError::Orphaned)?;
@@ -179,9 +222,7 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
                 module: name.clone(),
                 message,
             })?;
-        if table.insert(name.clone(), module).is_some() {
-            return Err(HandlerError::DuplicateModule(name));
-        }
+        table.insert(name, module);
     }
     let mut names: Vec<String> = table.keys().cloned().collect();
     names.sort();

@@ -125,6 +125,9 @@ pub struct ProcessLauncher {
     /// How often children send heartbeats (`None`: they send none and are
     /// not checked).
     pub heartbeat: Option<Duration>,
+    /// Directory of executable modules, and the job-id prefix their
+    /// environment needs.
+    pub exec: Option<(PathBuf, Arc<str>)>,
 }
 
 impl ProcessLauncher {
@@ -168,6 +171,12 @@ impl ProcessLauncher {
         }
         if let Some(every) = self.heartbeat {
             cmd.arg("--heartbeat-ms").arg(every.as_millis().to_string());
+        }
+        if let Some((dir, instance)) = &self.exec {
+            cmd.arg("--exec-dir")
+                .arg(dir)
+                .arg("--instance")
+                .arg(instance.as_ref());
         }
         // Spawn here, on the runtime's thread (the master's main thread, which
         // lives as long as the master): the child's death signal is tied to

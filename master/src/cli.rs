@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// The child program [default: taskmaster-handler beside this executable].
     #[arg(long, env = "TASKMASTER_HANDLER", value_name = "PATH")]
     pub handler: Option<PathBuf>,
+    /// A directory of executable modules: every executable file directly in
+    /// it is a module named after its file name without its extension, run
+    /// once per job (input on stdin, response on stdout, parts as lines on
+    /// fd 3).
+    #[arg(long, env = "TASKMASTER_EXEC_DIR", value_name = "DIR")]
+    pub exec_dir: Option<PathBuf>,
     /// Largest job input, part or response, in bytes.
     #[arg(long, env = "TASKMASTER_MAX_PAYLOAD", default_value_t = taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
     pub max_payload: usize,
@@ -307,6 +313,7 @@ impl ServeArgs {
             pool_max: self.pool_max,
             job_max: self.job_max,
             handler,
+            exec_dir: self.exec_dir.clone(),
             max_payload: self.max_payload,
             grace: Duration::from_secs_f64(self.grace),
             prefetch: self.prefetch,

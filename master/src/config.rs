@@ -62,6 +62,9 @@ pub struct Config {
     pub job_max: usize,
     /// The handler program.
     pub handler: PathBuf,
+    /// Directory of executable modules, handed to the handler (absolute
+    /// once [`check_exec_dir`] has run).
+    pub exec_dir: Option<PathBuf>,
     /// Largest payload in a frame; bigger frames close the connection.
     pub max_payload: usize,
     /// How long a shutdown waits for running jobs.
@@ -239,6 +242,14 @@ pub enum ConfigError {
         /// `--max-client-backlog`.
         close_at: usize,
     },
+    /// `--exec-dir` cannot be used: unreadable, or its modules clash.
+    #[error("--exec-dir {dir}: {why}")]
+    ExecDir {
+        /// As given.
+        dir: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// `--max-payload` out of range.
     #[error("--max-payload must be between 1 KiB and 1 GiB, got {0}")]
     MaxPayload(usize),
@@ -290,6 +301,81 @@ impl Config {
         resolve_ids(self)?;
         check_executable(&self.handler)
     }
+}
+
+/// How long the handler may take to list its modules.
+const LIST_MODULES_LIMIT: Duration = Duration::from_secs(10);
+
+/// Checks `--exec-dir` before anything is spawned: the directory must be
+/// readable, and the handler itself must accept it, since only the handler
+/// knows its built-in modules' names (`--list-modules`: it scans the
+/// directory as each child will, and refuses two files giving one name or a
+/// name clashing with a built-in). Makes the directory absolute and returns
+/// every module name.
+pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(dir) = cfg.exec_dir.clone() else {
+        return Ok(None);
+    };
+    let err = |why: String| ConfigError::ExecDir {
+        dir: dir.clone(),
+        why,
+    };
+    let absolute = std::fs::canonicalize(&dir).map_err(|e| err(e.to_string()))?;
+    std::fs::read_dir(&absolute).map_err(|e| err(e.to_string()))?;
+    let child = std::process::Command::new(&cfg.handler)
+        .arg("--list-modules")
+        .arg("--exec-dir")
+        .arg(&absolute)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env_remove(taskmaster_proto::handshake::TOKEN_ENV)
+        .env_remove(taskmaster_proto::handshake::TOKEN_FILE_ENV)
+        .spawn()
+        .map_err(|e| err(format!("cannot run {}: {e}", cfg.handler.display())))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let output = match rx.recv_timeout(LIST_MODULES_LIMIT) {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(err(format!("waiting for {}: {e}", cfg.handler.display()))),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(err(format!(
+                "{} --list-modules did not answer within {LIST_MODULES_LIMIT:?}",
+                cfg.handler.display()
+            )));
+        }
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // The handler's own `name[pid]: ` prefix says nothing here.
+        let why = stderr
+            .trim()
+            .split_once("]: ")
+            .filter(|(who, _)| who.contains('[') && !who.contains(' '))
+            .map_or(stderr.trim(), |(_, what)| what);
+        return Err(err(if why.is_empty() {
+            format!(
+                "{} --list-modules failed ({})",
+                cfg.handler.display(),
+                output.status
+            )
+        } else {
+            why.to_owned()
+        }));
+    }
+    cfg.exec_dir = Some(absolute);
+    Ok(Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
 }
 
 fn check_executable(path: &PathBuf) -> Result<(), ConfigError> {

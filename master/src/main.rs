@@ -68,6 +68,10 @@ fn main() -> ExitCode {
     if let Err(e) = cfg.validate() {
         return usage_error(e);
     }
+    let exec_modules = match config::check_exec_dir(&mut cfg) {
+        Ok(names) => names,
+        Err(e) => return usage_error(e),
+    };
     cfg.token = match cli.serve.token() {
         Ok(t) => t,
         Err(e) => return usage_error(e),
@@ -100,6 +104,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let (Some(dir), Some(names)) = (&cfg.exec_dir, &exec_modules) {
+        tracing::info!(dir = %dir.display(), modules = ?names, "modules of the handler with --exec-dir");
+    }
     // One thread: the master's work is short hops between tasks, and a
     // single thread saves the cross-thread wake-ups (measured 7-12% more
     // jobs/s than 2 workers on 2 cores; docs/performance.md).

@@ -37,6 +37,7 @@ pub async fn run(
         None => None,
     };
     let (uid, gid) = config::resolve_ids(&cfg).map_err(std::io::Error::other)?;
+    let instance: Arc<str> = fresh_instance().into();
     let launcher = ProcessLauncher {
         handler: cfg.handler.clone(),
         connect: config::connect_back(local),
@@ -46,6 +47,7 @@ pub async fn run(
         nofile: cfg.child_nofile,
         core: (!cfg.child_core_dumps).then_some(0),
         heartbeat: cfg.heartbeat,
+        exec: cfg.exec_dir.clone().map(|dir| (dir, instance.clone())),
     };
     let listener_cfg = Arc::new(ListenerConfig {
         session: crate::session::SessionConfig {
@@ -63,7 +65,6 @@ pub async fn run(
     let token = cfg.token.clone();
     let metrics = Arc::new(Metrics::new());
     crate::child::open_random()?;
-    let instance: Arc<str> = fresh_instance().into();
     let max_payload = cfg.max_payload;
     let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);
     if let Some(http) = http {

@@ -15,11 +15,13 @@
 //! `reliability` (kills of healthy children, a handler that cannot start,
 //! flow control for a client that stops reading, children getting in
 //! while clients hold every place, fd exhaustion, oversized child output),
+//! `exec` (executable modules of `--exec-dir`),
 //! `layout` (no import circle in any crate, no source file over 700 lines).
 
 mod bench;
 mod cli;
 mod example;
+mod exec;
 mod faults;
 mod hardening;
 mod http;

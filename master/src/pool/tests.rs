@@ -125,6 +125,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         pool_max,
         job_max,
         handler: "fake-handler".into(),
+        exec_dir: None,
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
         prefetch: crate::config::Prefetch::Fixed(prefetch),
