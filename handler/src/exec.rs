@@ -107,29 +107,35 @@ impl Module for ExecModule {
             .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
         // Our copy of the write end must go, or fd 3 never ends.
         drop(parts_write);
-        let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
-
-        let (output, tail, parts_error) = std::thread::scope(|s| {
-            s.spawn(move || {
-                // A program that exits without reading its input is fine.
-                if let Some(mut w) = stdin.take() {
-                    let _ = w.write_all(input);
-                }
-            });
-            let out = s.spawn(move || read_capped(stdout.as_mut(), max_payload));
-            let err = s.spawn(move || read_tail(stderr.as_mut(), STDERR_TAIL));
-            let parts_error = relay_parts(parts_read, parts, max_payload);
-            (
-                out.join().unwrap_or(Ok(Vec::new())),
-                err.join().unwrap_or_default(),
-                parts_error,
-            )
+        let pipes = Pipes {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            parts: Some(parts_read),
+        };
+        // The job ends when the program exits, not when the last process
+        // holding its pipes does: a daemon it left behind must not hold the
+        // child (it dies with the child's process group later).
+        let (exited, exit_seen) =
+            io::pipe().map_err(|e| format!("cannot make the exit pipe: {e}"))?;
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait();
+            drop(exit_seen);
+            status
         });
-        let status = child
-            .wait()
+        let mut out = Collected::new(max_payload);
+        pump(pipes, exited, input, &mut out, parts);
+        let status = waiter
+            .join()
+            .map_err(|_| "the waiting thread panicked".to_owned())?
             .map_err(|e| format!("waiting for {}: {e}", self.path.display()))?;
+        let Collected {
+            output,
+            over,
+            tail,
+            problem,
+            ..
+        } = out;
         let failure = |what: String| {
             let tail = String::from_utf8_lossy(&tail);
             let tail = tail.trim_end();
@@ -155,12 +161,15 @@ impl Module for ExecModule {
             let code = status.code().unwrap_or(-1);
             return Err(failure(format!("{} exited with status {code}", self.name)));
         }
-        if let Some(e) = parts_error {
+        if let Some(e) = problem {
             return Err(e);
         }
-        output.map_err(|n| {
-            format!("response of more than {n} bytes exceeds the limit of {max_payload}")
-        })
+        if over {
+            return Err(format!(
+                "response of more than {max_payload} bytes exceeds the limit of {max_payload}"
+            ));
+        }
+        Ok(output)
     }
 }
 
@@ -192,99 +201,255 @@ fn before_exec(cmd: &mut Command, fd: std::os::fd::RawFd) {
     }
 }
 
-/// Reads all of `r`, keeping at most `cap` bytes; `Err(cap)` when there was
-/// more. Reads to the end either way, so the program never blocks on a full
-/// pipe.
-fn read_capped(r: Option<&mut impl Read>, cap: usize) -> Result<Vec<u8>, usize> {
-    let Some(r) = r else { return Ok(Vec::new()) };
-    let mut kept = Vec::new();
-    let mut over = false;
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if kept.len() + n > cap {
-                    over = true;
-                } else {
-                    kept.extend_from_slice(&buf[..n]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if over {
-        Err(cap)
-    } else {
-        Ok(kept)
-    }
+/// The program's end of each pipe; `None` once closed.
+struct Pipes {
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    parts: Option<io::PipeReader>,
 }
 
-/// Reads all of `r`, keeping its last `keep` bytes.
-fn read_tail(r: Option<&mut impl Read>, keep: usize) -> Vec<u8> {
-    let Some(r) = r else { return Vec::new() };
-    let mut tail = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * keep {
-                    tail.drain(..tail.len() - keep);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if tail.len() > keep {
-        tail.drain(..tail.len() - keep);
-    }
-    tail
+/// What the program wrote, kept within bounds.
+struct Collected {
+    max_payload: usize,
+    /// Stdout, up to `max_payload`.
+    output: Vec<u8>,
+    /// Stdout went past `max_payload`.
+    over: bool,
+    /// The end of stderr.
+    tail: Vec<u8>,
+    /// The fd-3 line being read.
+    line: Vec<u8>,
+    /// Why the job fails although the program succeeded.
+    problem: Option<String>,
 }
 
-/// Sends each line read from `r` as a part, newline included (a last
-/// unterminated line too), until every writer has closed it. Returns why
-/// the job must fail, if a line was too long or the master could not take
-/// a part; reads to the end in any case.
-fn relay_parts(mut r: io::PipeReader, parts: &mut Parts<'_>, max_payload: usize) -> Option<String> {
-    let mut problem = None;
-    let mut line: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    let mut send = |line: &mut Vec<u8>, problem: &mut Option<String>| {
-        if problem.is_none() {
-            if let Err(e) = parts.send(line) {
-                *problem = Some(format!("part not sent: {e}"));
-            }
+impl Collected {
+    fn new(max_payload: usize) -> Collected {
+        Collected {
+            max_payload,
+            output: Vec::new(),
+            over: false,
+            tail: Vec::new(),
+            line: Vec::new(),
+            problem: None,
         }
-        line.clear();
-    };
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let mut rest = &buf[..n];
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&rest[..=end]);
-            send(&mut line, &mut problem);
-            rest = &rest[end + 1..];
+    }
+
+    fn stdout(&mut self, data: &[u8]) {
+        if self.output.len() + data.len() > self.max_payload {
+            self.over = true;
+        } else {
+            self.output.extend_from_slice(data);
         }
-        line.extend_from_slice(rest);
-        if line.len() > max_payload {
-            // Keeps draining; the part would exceed a frame anyway.
-            problem.get_or_insert_with(|| {
-                format!("a part line on fd 3 exceeds the limit of {max_payload} bytes")
+    }
+
+    fn stderr(&mut self, data: &[u8]) {
+        self.tail.extend_from_slice(data);
+        if self.tail.len() > 2 * STDERR_TAIL {
+            self.tail.drain(..self.tail.len() - STDERR_TAIL);
+        }
+    }
+
+    /// Sends each complete line (newline included) as a part.
+    fn parts(&mut self, mut data: &[u8], parts: &mut Parts<'_>) {
+        while let Some(end) = data.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&data[..=end]);
+            self.send_line(parts);
+            data = &data[end + 1..];
+        }
+        self.line.extend_from_slice(data);
+        if self.line.len() > self.max_payload {
+            self.problem.get_or_insert_with(|| {
+                format!(
+                    "a part line on fd 3 exceeds the limit of {} bytes",
+                    self.max_payload
+                )
             });
-            line.clear();
+            self.line.clear();
         }
     }
-    if !line.is_empty() {
-        send(&mut line, &mut problem);
+
+    fn send_line(&mut self, parts: &mut Parts<'_>) {
+        if self.problem.is_none() {
+            if let Err(e) = parts.send(&self.line) {
+                self.problem = Some(format!("part not sent: {e}"));
+            }
+        }
+        self.line.clear();
     }
-    problem
+
+    /// The program is gone: its last unterminated line is a part too.
+    fn finish(&mut self, parts: &mut Parts<'_>) {
+        if !self.line.is_empty() {
+            self.send_line(parts);
+        }
+        if self.tail.len() > STDERR_TAIL {
+            self.tail.drain(..self.tail.len() - STDERR_TAIL);
+        }
+    }
+}
+
+/// Moves bytes between the program's pipes and `out` until the program
+/// exits (`exited` hangs up), then takes what its pipes still hold.
+fn pump(
+    mut pipes: Pipes,
+    exited: io::PipeReader,
+    input: &[u8],
+    out: &mut Collected,
+    parts: &mut Parts<'_>,
+) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    for fd in [
+        pipes.stdin.as_ref().map(|p| p.as_fd()),
+        pipes.stdout.as_ref().map(|p| p.as_fd()),
+        pipes.stderr.as_ref().map(|p| p.as_fd()),
+        pipes.parts.as_ref().map(|p| p.as_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = set_nonblocking(fd);
+    }
+    if input.is_empty() {
+        pipes.stdin = None;
+    }
+    let mut written = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut running = true;
+    while running {
+        let wanted = |open: bool, flags: PollFlags| if open { flags } else { PollFlags::empty() };
+        let (readable, writable) = (PollFlags::POLLIN, PollFlags::POLLOUT);
+        let ready: [bool; 5] = {
+            let mut fds = [
+                PollFd::new(exited.as_fd(), readable),
+                poll_fd(
+                    pipes.stdin.as_ref(),
+                    &exited,
+                    wanted(pipes.stdin.is_some(), writable),
+                ),
+                poll_fd(
+                    pipes.stdout.as_ref(),
+                    &exited,
+                    wanted(pipes.stdout.is_some(), readable),
+                ),
+                poll_fd(
+                    pipes.stderr.as_ref(),
+                    &exited,
+                    wanted(pipes.stderr.is_some(), readable),
+                ),
+                poll_fd(
+                    pipes.parts.as_ref(),
+                    &exited,
+                    wanted(pipes.parts.is_some(), readable),
+                ),
+            ];
+            if poll(&mut fds, PollTimeout::NONE).is_err() {
+                // EINTR: poll again.
+                continue;
+            }
+            fds.map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+        };
+        let ready = |i: usize| ready[i];
+        running = !ready(0);
+        if ready(1) {
+            if let Some(stdin) = pipes.stdin.as_mut() {
+                match stdin.write(&input[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // The program closed its stdin: it wants no more.
+                    Err(_) => written = input.len(),
+                }
+                if written == input.len() {
+                    pipes.stdin = None;
+                }
+            }
+        }
+        if ready(2) {
+            drain(&mut pipes.stdout, &mut buf, |d| out.stdout(d));
+        }
+        if ready(3) {
+            drain(&mut pipes.stderr, &mut buf, |d| out.stderr(d));
+        }
+        if ready(4) {
+            drain(&mut pipes.parts, &mut buf, |d| out.parts(d, parts));
+        }
+    }
+    // Whatever the program wrote before it exited is in the pipes now.
+    drain(&mut pipes.stdout, &mut buf, |d| out.stdout(d));
+    drain(&mut pipes.stderr, &mut buf, |d| out.stderr(d));
+    drain(&mut pipes.parts, &mut buf, |d| out.parts(d, parts));
+    out.finish(parts);
+    if pipes.stdout.is_some() || pipes.stderr.is_some() || pipes.parts.is_some() {
+        // Something the program started still holds its pipes.
+        kill_leftovers();
+    }
+}
+
+/// Kills every other process of our process group: what a program left
+/// running when it exited (its own children share our group), so the next
+/// job starts clean. A program that left the group on purpose (setsid) is
+/// its own business.
+fn kill_leftovers() {
+    let me = nix::unistd::getpid();
+    let group = nix::unistd::getpgrp();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and ')'.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|f| f.parse::<i32>().ok());
+        if pgrp == Some(group.as_raw()) && pid != me.as_raw() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A poll entry for `pipe`, or a placeholder asking nothing.
+fn poll_fd<'a>(
+    pipe: Option<&'a impl std::os::fd::AsFd>,
+    placeholder: &'a io::PipeReader,
+    flags: nix::poll::PollFlags,
+) -> nix::poll::PollFd<'a> {
+    use std::os::fd::AsFd;
+    match pipe {
+        Some(p) => nix::poll::PollFd::new(p.as_fd(), flags),
+        None => nix::poll::PollFd::new(placeholder.as_fd(), nix::poll::PollFlags::empty()),
+    }
+}
+
+/// Reads `pipe` until it would block; closes it at its end.
+fn drain<R: Read>(pipe: &mut Option<R>, buf: &mut [u8], mut take: impl FnMut(&[u8])) {
+    while let Some(r) = pipe.as_mut() {
+        match r.read(buf) {
+            Ok(0) => *pipe = None,
+            Ok(n) => take(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => *pipe = None,
+        }
+    }
+}
+
+fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }

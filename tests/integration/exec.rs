@@ -63,6 +63,8 @@ async fn a_shell_script_is_a_module_with_parts_environment_and_failures() {
     write_script(&dir.join("term.sh"), "#!/bin/sh\nkill -TERM $$\n");
     write_script(&dir.join("big.sh"), "#!/bin/sh\nhead -c 5000 /dev/zero\n");
     write_script(&dir.join("deaf.sh"), "#!/bin/sh\necho ok\n");
+    // Leaves a process holding its stdout, stderr and fd 3.
+    write_script(&dir.join("daemon.sh"), "#!/bin/sh\nsleep 1000 &\necho $!\n");
     // Not modules: not executable, hidden.
     std::fs::write(dir.join("notes.txt"), "hello").unwrap();
     write_script(&dir.join(".hidden.sh"), "#!/bin/sh\necho no\n");
@@ -161,6 +163,18 @@ async fn a_shell_script_is_a_module_with_parts_environment_and_failures() {
     let out = client.do_task("deaf", vec![b'x'; 4000]).await.unwrap();
     assert_eq!(&out[..], b"ok\n");
 
+    // The job ends when the program exits, and what it left running is
+    // killed, though it held the program's pipes.
+    let started = std::time::Instant::now();
+    let out = client.do_task("daemon", "").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let leftover: u32 = String::from_utf8_lossy(&out).trim().parse().unwrap();
+    wait_until(
+        "the leftover process to be killed",
+        Duration::from_secs(2),
+        || !pid_alive(leftover),
+    );
+
     for module in ["notes", "hidden", ".hidden"] {
         let f = failure(client.do_task(module, "").await);
         assert_eq!(f.reason, Reason::UnknownModule, "{module}");
@@ -179,8 +193,13 @@ async fn time_limit_and_cancel_kill_the_programs_process_group() {
         &dir.join("hang.sh"),
         "#!/bin/sh\nread f\nsleep 1000 &\necho $! > \"$f.tmp\"\nmv \"$f.tmp\" \"$f\"\nwait\n",
     );
+    write_script(&dir.join("cat.sh"), "#!/bin/sh\nexec cat\n");
     let master = start(&dir, &["--pool-start", "1", "--pool-max", "1"]);
     let client = master.client().await;
+
+    // Input and output far beyond a pipe's buffer, both ways at once.
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    assert_eq!(client.do_task("cat", big.clone()).await.unwrap(), big);
 
     let pid_file = dir.join("timeout.pid");
     let job = client
