@@ -71,6 +71,9 @@ pub enum ChildCtl {
         /// The submitting client's backlog: while it is past its window
         /// the child's frames are not read (flow control).
         gate: Option<Arc<Backlog>>,
+        /// The job store's change that must be durable before the child
+        /// may see the job (`--state-dir`: never run twice after a crash).
+        after: Option<u64>,
     },
     /// Stop: SIGTERM, then SIGKILL after a grace.
     Stop,
@@ -128,6 +131,8 @@ pub struct ProcessLauncher {
     /// Directory of executable modules, and the job-id prefix their
     /// environment needs.
     pub exec: Option<(PathBuf, Arc<str>)>,
+    /// What the job store has made durable (`--state-dir`).
+    pub committed: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl ProcessLauncher {
@@ -183,7 +188,7 @@ impl ProcessLauncher {
         // the forking thread, so never fork from a short-lived blocking thread.
         match cmd.spawn() {
             Ok(child) => {
-                let limits = (self.heartbeat, self.max_payload);
+                let limits = (self.heartbeat, self.max_payload, self.committed.clone());
                 tokio::spawn(supervise(id, child, secret, ctl, pool, limits));
             }
             Err(e) => pool.child_event(
@@ -226,13 +231,21 @@ impl Proc {
     }
 }
 
+/// A child task's settings: heartbeat interval, payload limit, and the job
+/// store's durable watermark.
+type Limits = (
+    Option<Duration>,
+    usize,
+    Option<tokio::sync::watch::Receiver<u64>>,
+);
+
 async fn supervise<R: Reporter>(
     id: ChildId,
     child: Child,
     secret: [u8; SECRET_LEN],
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
     pool: R,
-    (heartbeat, max_payload): (Option<Duration>, usize),
+    (heartbeat, max_payload, committed): Limits,
 ) {
     let pid = child.id().unwrap_or(0);
     let mut proc = Proc {
@@ -249,7 +262,8 @@ async fn supervise<R: Reporter>(
     let info = match wait_attach(&mut proc, &mut ctl).await {
         Ok((conn, modules)) => {
             pool.child_event(id, ChildEvent::Ready { modules });
-            serve(id, &mut proc, conn, &mut ctl, &pool, heartbeat, max_payload).await
+            let limits = (heartbeat, max_payload, committed);
+            serve(id, &mut proc, conn, &mut ctl, &pool, limits).await
         }
         Err(info) => info,
     };
@@ -290,8 +304,7 @@ async fn serve<R: Reporter>(
     conn: ChildConn,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
     pool: &R,
-    heartbeat: Option<Duration>,
-    max_payload: usize,
+    (heartbeat, max_payload, mut committed): Limits,
 ) -> ExitInfo {
     // Any frame proves the child alive; heartbeats cover the quiet times.
     // Silent for three beats: the pool is told (and kills it). Frames are
@@ -390,7 +403,7 @@ async fn serve<R: Reporter>(
             // The client read: the loop reads the child again.
             () = wait_open(held), if paused => {}
             cmd = ctl.recv() => match cmd {
-                Some(ChildCtl::Job { job, module, input, gate }) => {
+                Some(ChildCtl::Job { job, module, input, gate, mut after }) => {
                     // Every job already waiting (prefetch) goes in one write.
                     buf.clear();
                     gates.push_back((job, gate));
@@ -403,12 +416,21 @@ async fn serve<R: Reporter>(
                             break;
                         }
                         match ctl.try_recv() {
-                            Ok(ChildCtl::Job { job, module, input, gate }) => {
+                            Ok(ChildCtl::Job { job, module, input, gate, after: a }) => {
+                                after = after.max(a);
                                 gates.push_back((job, gate));
                                 next = Some(ToHandler::Job { job, module, input });
                             }
                             Ok(other) => deferred = Some(other),
                             Err(_) => {}
+                        }
+                    }
+                    if let (Some(seq), Some(c)) = (after, committed.as_mut()) {
+                        // The store has these jobs as started before the
+                        // child sees them; a gone store means the master
+                        // is stopping.
+                        if c.wait_for(|done| *done >= seq).await.is_err() {
+                            break;
                         }
                     }
                     if proc.killed || writer.write_all(&buf).await.is_err() {

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// fd 3).
     #[arg(long, env = "TASKMASTER_EXEC_DIR", value_name = "DIR")]
     pub exec_dir: Option<PathBuf>,
+    /// Keep detached and start-later jobs, and their outcomes, in a store
+    /// in DIR that survives a restart of the master (even kill -9).
+    #[arg(long, env = "TASKMASTER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Largest job input, part or response, in bytes.
     #[arg(long, env = "TASKMASTER_MAX_PAYLOAD", default_value_t = taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
     pub max_payload: usize,
@@ -314,6 +318,7 @@ impl ServeArgs {
             job_max: self.job_max,
             handler,
             exec_dir: self.exec_dir.clone(),
+            state_dir: self.state_dir.clone(),
             max_payload: self.max_payload,
             grace: Duration::from_secs_f64(self.grace),
             prefetch: self.prefetch,

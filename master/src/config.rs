@@ -65,6 +65,8 @@ pub struct Config {
     /// Directory of executable modules, handed to the handler (absolute
     /// once [`check_exec_dir`] has run).
     pub exec_dir: Option<PathBuf>,
+    /// Directory of the durable job store (`None`: jobs live in memory).
+    pub state_dir: Option<PathBuf>,
     /// Largest payload in a frame; bigger frames close the connection.
     pub max_payload: usize,
     /// How long a shutdown waits for running jobs.

@@ -74,5 +74,6 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod store;
 pub mod table;
 pub mod types;

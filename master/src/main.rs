@@ -72,6 +72,15 @@ fn main() -> ExitCode {
         Ok(names) => names,
         Err(e) => return usage_error(e),
     };
+    // Opened (locked, read) before anything listens: a store in use or
+    // unreadable is a start-up error.
+    let store = match cfg.state_dir.as_deref() {
+        None => None,
+        Some(dir) => match taskmaster::store::open(dir, taskmaster::server::fresh_instance) {
+            Ok(opened) => Some(opened),
+            Err(e) => return usage_error(e),
+        },
+    };
     cfg.token = match cli.serve.token() {
         Ok(t) => t,
         Err(e) => return usage_error(e),
@@ -114,7 +123,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(taskmaster::server::run(cfg, listener, http)) {
+    match rt.block_on(taskmaster::server::run(cfg, listener, http, store)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "master failed");

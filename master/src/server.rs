@@ -24,6 +24,7 @@ pub async fn run(
     cfg: Config,
     listener: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
+    store: Option<crate::store::Opened>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
@@ -37,7 +38,12 @@ pub async fn run(
         None => None,
     };
     let (uid, gid) = config::resolve_ids(&cfg).map_err(std::io::Error::other)?;
-    let instance: Arc<str> = fresh_instance().into();
+    let store = store.map(crate::store::Opened::start);
+    // A store keeps its job-id prefix: old ids still resolve, none repeats.
+    let instance: Arc<str> = match &store {
+        Some((_, recovered)) => recovered.instance.as_str().into(),
+        None => fresh_instance().into(),
+    };
     let launcher = ProcessLauncher {
         handler: cfg.handler.clone(),
         connect: config::connect_back(local),
@@ -48,6 +54,7 @@ pub async fn run(
         core: (!cfg.child_core_dumps).then_some(0),
         heartbeat: cfg.heartbeat,
         exec: cfg.exec_dir.clone().map(|dir| (dir, instance.clone())),
+        committed: store.as_ref().map(|(s, _)| s.committed()),
     };
     let listener_cfg = Arc::new(ListenerConfig {
         session: crate::session::SessionConfig {
@@ -66,7 +73,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     crate::child::open_random()?;
     let max_payload = cfg.max_payload;
-    let (pool, done) = pool::start(Arc::new(cfg), Arc::new(launcher), metrics.clone(), instance);
+    let (pool, done) = pool::start(
+        Arc::new(cfg),
+        Arc::new(launcher),
+        metrics.clone(),
+        instance,
+        store,
+    );
     if let Some(http) = http {
         let app = crate::http::router(pool.clone(), metrics, max_payload, token);
         let connections = listener_cfg.connections.clone();

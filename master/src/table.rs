@@ -5,6 +5,7 @@
 //! (`result --wait`, HTTP `wait=`) are told the moment their job ends.
 
 use crate::job::{Answer, Body, JobId, Queued};
+use crate::store::StoredJob;
 use crate::types::ChildId;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -64,6 +65,12 @@ pub struct Record {
     /// A `start-later` job's module, input and reply until it is started.
     /// (Boxed: rare, and the record stays small to move.)
     pub parked: Option<Box<Queued>>,
+    /// Kept in the `--state-dir` store too (a detached or start-later job
+    /// of a master with one).
+    pub durable: bool,
+    /// Its place in the queue, for the store (queued jobs come back in
+    /// this order after a restart).
+    pub order: u64,
 }
 
 impl Record {
@@ -103,6 +110,8 @@ pub struct JobTable {
     finished: VecDeque<(JobId, Instant)>,
     result_bytes: usize,
     start_later: usize,
+    /// Durable jobs evicted since last asked: to delete from the store.
+    evicted: Vec<JobId>,
 }
 
 /// A wall-clock time and the monotonic instant it was read at.
@@ -111,8 +120,32 @@ struct Epoch(SystemTime, Instant);
 
 impl Epoch {
     fn rfc3339(self, t: Instant) -> String {
-        let wall = self.0 + t.duration_since(self.1);
-        humantime::format_rfc3339_millis(wall).to_string()
+        humantime::format_rfc3339_millis(self.wall(t)).to_string()
+    }
+
+    fn wall(self, t: Instant) -> SystemTime {
+        match t.checked_duration_since(self.1) {
+            Some(after) => self.0 + after,
+            None => self.0 - self.1.duration_since(t),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at `t`.
+    fn unix_ms(self, t: Instant) -> u64 {
+        self.wall(t)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The instant of a stored wall-clock time (one from before this
+    /// process may lie before the earliest instant the clock can show: it
+    /// is then shown as that).
+    fn instant(self, unix_ms: u64) -> Instant {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
+        match wall.duration_since(self.0) {
+            Ok(after) => self.1 + after,
+            Err(e) => self.1.checked_sub(e.duration()).unwrap_or(self.1),
+        }
     }
 }
 
@@ -147,6 +180,7 @@ impl JobTable {
             finished: VecDeque::new(),
             result_bytes: 0,
             start_later: 0,
+            evicted: Vec::new(),
         }
     }
 
@@ -202,8 +236,80 @@ impl JobTable {
                 timer: None,
                 child: None,
                 parked: None,
+                durable: false,
+                order: 0,
             },
         );
+    }
+
+    /// Records a job read back from the store (its outcome, if it has one,
+    /// kept like any other).
+    pub fn insert_stored(&mut self, job: JobId, module: Arc<str>, stored: &StoredJob) {
+        let at = |ms: u64| self.epoch.instant(ms);
+        if stored.status == JobStatus::StartLater {
+            self.start_later += 1;
+        }
+        let created = at(stored.created_ms);
+        let finished = stored.finished_ms.map(at);
+        let output = stored.output.clone();
+        if let Some(out) = &output {
+            self.result_bytes += out.len();
+        }
+        self.records.insert(
+            job,
+            Record {
+                module,
+                status: stored.status,
+                created,
+                queued_mono: Instant::now(),
+                started: stored.started_ms.map(at),
+                finished,
+                failure: stored.failure.clone(),
+                output,
+                waiters: Vec::new(),
+                timeout: stored.timeout_ms.map(Duration::from_millis),
+                timer: None,
+                child: None,
+                parked: None,
+                durable: true,
+                order: stored.order,
+            },
+        );
+        if let Some(at) = finished {
+            // Oldest first, as they ended; the caller gives them in that order.
+            self.finished.push_back((job, at));
+        }
+    }
+
+    /// The stored form of a durable job, as it is now (`status` and
+    /// `input` as given: the store may need to say more than the table,
+    /// such as "processing" for a job only written to a child).
+    pub fn stored(&self, job: JobId, status: JobStatus, input: Option<Bytes>) -> Option<StoredJob> {
+        let r = self.records.get(&job)?;
+        if !r.durable {
+            return None;
+        }
+        let ms = |t: Instant| self.epoch.unix_ms(t);
+        Some(StoredJob {
+            module: r.module.to_string(),
+            status,
+            order: r.order,
+            timeout_ms: r.timeout.map(|t| t.as_millis() as u64),
+            created_ms: ms(r.created),
+            started_ms: r
+                .started
+                .map(ms)
+                .or_else(|| (status == JobStatus::Processing).then(|| ms(Instant::now()))),
+            finished_ms: r.finished.map(ms),
+            input,
+            output: r.output.clone(),
+            failure: r.failure.clone(),
+        })
+    }
+
+    /// Durable jobs evicted since the last call.
+    pub fn take_evicted(&mut self) -> Vec<JobId> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// The record of a job that has not been evicted.
@@ -327,6 +433,9 @@ impl JobTable {
             if let Some(r) = self.records.remove(&job) {
                 if let Some(out) = r.output {
                     self.result_bytes -= out.len();
+                }
+                if r.durable {
+                    self.evicted.push(job);
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! `taskmaster bench`: the load generator users run to size a pool, like
 //! `redis-benchmark`. C connections, each keeping W jobs in flight, N jobs
 //! of random bytes in all; every answer is checked; a summary table (or one
-//! JSON object) at the end. `--spawn` measures pool growth instead.
+//! JSON object) at the end. `--spawn` measures pool growth instead;
+//! `--detached` submits detached jobs (latency: submit to id) and then
+//! waits for every outcome (the durable path of `--state-dir`).
 
 use super::{print_line, ConnectArgs, EXIT_FAILED};
 use bytes::{Bytes, BytesMut};
@@ -45,6 +47,10 @@ pub struct BenchArgs {
     /// the first answer of each new child, up to pool-max.
     #[arg(long)]
     spawn: bool,
+    /// Submit detached jobs: latency is submit to id; then wait for every
+    /// outcome and check it.
+    #[arg(long)]
+    detached: bool,
 }
 
 /// The summary of a run (`--json` prints it).
@@ -67,6 +73,9 @@ pub struct Report {
     failed: u64,
     failed_by_reason: BTreeMap<String, u64>,
     wrong_answers: u64,
+    /// `--detached`: seconds until every outcome was in (from the start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcomes_seconds: Option<f64>,
 }
 
 #[derive(Default)]
@@ -74,6 +83,19 @@ struct Tally {
     latencies_us: Vec<u32>,
     failed: BTreeMap<String, u64>,
     wrong: u64,
+    /// `--detached`: ids given back, with their inputs, to fetch later.
+    pending: Vec<(String, Bytes)>,
+}
+
+impl Tally {
+    fn add(&mut self, t: Tally) {
+        self.latencies_us.extend(t.latencies_us);
+        self.wrong += t.wrong;
+        for (reason, n) in t.failed {
+            *self.failed.entry(reason).or_default() += n;
+        }
+        self.pending.extend(t.pending);
+    }
 }
 
 /// A tiny xorshift generator: random payloads without a dependency.
@@ -153,21 +175,40 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     }
     let mut tally = Tally::default();
     for w in workers {
-        let t = w.await.expect("bench worker");
-        tally.latencies_us.extend(t.latencies_us);
-        tally.wrong += t.wrong;
-        for (reason, n) in t.failed {
-            *tally.failed.entry(reason).or_default() += n;
-        }
+        tally.add(w.await.expect("bench worker"));
     }
     let seconds = started.elapsed().as_secs_f64();
+    let outcomes_seconds = if args.detached {
+        // As many fetchers as submitters, each waiting for its share.
+        let pending = std::mem::take(&mut tally.pending);
+        let share = pending.len().div_ceil(workers_count(&args)).max(1);
+        let mut fetchers = Vec::new();
+        for (n, chunk) in pending.chunks(share).enumerate() {
+            let client = clients[n % clients.len()].clone();
+            let (chunk, args) = (chunk.to_vec(), args.clone());
+            fetchers.push(tokio::spawn(async move {
+                outcomes(&client, &args, chunk).await
+            }));
+        }
+        for f in fetchers {
+            let t = f.await.expect("bench fetcher");
+            tally.wrong += t.wrong;
+            for (reason, n) in t.failed {
+                *tally.failed.entry(reason).or_default() += n;
+            }
+        }
+        Some(started.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     if let Some(t) = ticker {
         t.abort();
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let report = summarize(&args, tally, seconds);
+    let mut report = summarize(&args, tally, seconds);
+    report.outcomes_seconds = outcomes_seconds;
     if args.json {
         print_line(&serde_json::to_string(&report).expect("report serializes"));
     } else {
@@ -211,6 +252,26 @@ async fn worker(
             }
         };
         let t0 = Instant::now();
+        if args.detached {
+            let options = taskmaster_proto::SubmitOptions::default();
+            let result = client
+                .submit_detached(&args.module, input.clone(), options)
+                .await;
+            let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            done.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(job) => {
+                    tally.latencies_us.push(us);
+                    tally.pending.push((job.id, input));
+                }
+                Err(e) => {
+                    if tally.record_error(e) {
+                        return tally;
+                    }
+                }
+            }
+            continue;
+        }
         let result = match client.submit(&args.module, input.clone(), Bytes::new()) {
             Ok(job) => job.finish().await,
             Err(e) => Err(e),
@@ -224,15 +285,76 @@ async fn worker(
                     tally.wrong += 1;
                 }
             }
-            Err(ClientError::Job(f)) => *tally.failed.entry(f.reason.to_string()).or_default() += 1,
             Err(e) => {
-                *tally.failed.entry(format!("client: {e}")).or_default() += 1;
-                if matches!(e, ClientError::Disconnected) {
+                if tally.record_error(e) {
                     return tally;
                 }
             }
         }
     }
+}
+
+impl Tally {
+    /// Counts a failure; true when the connection is gone.
+    fn record_error(&mut self, e: ClientError) -> bool {
+        match e {
+            ClientError::Job(f) => {
+                *self.failed.entry(f.reason.to_string()).or_default() += 1;
+                false
+            }
+            // One key per kind, not per job: the table stays short.
+            ClientError::NotFound(_) => {
+                *self.failed.entry(EVICTED.into()).or_default() += 1;
+                false
+            }
+            e => {
+                let gone = matches!(e, ClientError::Disconnected);
+                *self.failed.entry(format!("client: {e}")).or_default() += 1;
+                gone
+            }
+        }
+    }
+}
+
+/// `--detached`: an outcome gone before it was fetched.
+const EVICTED: &str = "evicted before fetched (raise the master's --keep-results)";
+
+fn workers_count(args: &BenchArgs) -> usize {
+    (args.clients * args.pipeline) as usize
+}
+
+/// `--detached`: waits for each job's outcome and checks it.
+async fn outcomes(client: &Client, args: &BenchArgs, jobs: Vec<(String, Bytes)>) -> Tally {
+    use taskmaster_proto::JobResult;
+    let mut tally = Tally::default();
+    for (id, input) in jobs {
+        loop {
+            match client.result(&id, Duration::from_secs(60)).await {
+                Ok(JobResult::Completed(output)) => {
+                    let done = Completed {
+                        job: 0,
+                        id: id.clone(),
+                        output,
+                        context: Bytes::new(),
+                    };
+                    if !check(&args.module, &input, &done) {
+                        tally.wrong += 1;
+                    }
+                }
+                Ok(JobResult::Failed(f)) => {
+                    *tally.failed.entry(f.reason.to_string()).or_default() += 1;
+                }
+                Ok(JobResult::Pending(_)) => continue,
+                Err(e) => {
+                    if tally.record_error(e) {
+                        return tally;
+                    }
+                }
+            }
+            break;
+        }
+    }
+    tally
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u64 {
@@ -267,6 +389,7 @@ fn summarize(args: &BenchArgs, mut tally: Tally, seconds: f64) -> Report {
         failed,
         failed_by_reason: tally.failed,
         wrong_answers: tally.wrong,
+        outcomes_seconds: None,
     }
 }
 
@@ -281,6 +404,11 @@ fn print_table(r: &Report) {
         r.jobs, r.completed
     ));
     print_line(&format!("seconds       {:.3}", r.seconds));
+    if let Some(all) = r.outcomes_seconds {
+        print_line(&format!(
+            "all outcomes  {all:.3} s (detached: jobs/s and latency are submit to id)"
+        ));
+    }
     print_line(&format!("jobs/s        {:.0}", r.jobs_per_sec));
     print_line(&format!("MB/s          {:.2} (input bytes)", r.mb_per_sec));
     print_line(&format!(

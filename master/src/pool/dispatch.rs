@@ -86,6 +86,7 @@ impl Pool {
                 self.run_times.observe(&ended.module, ran);
             }
         }
+        self.store_finished(job);
         match answer {
             Some((reply, End::Completed(output))) => reply.completed(job, output),
             Some((reply, End::Failed(reason, message))) => reply.failed(job, reason, message),
@@ -206,6 +207,11 @@ impl Pool {
             .cloned()
             .unwrap_or_else(|| Arc::from(module.as_str()));
         self.table.insert(id, name, status, timeout);
+        let durable = if self.wants_store(&options) {
+            self.store_new(id, &input)
+        } else {
+            None
+        };
         if status == JobStatus::Queued {
             self.events.emit(|| Event {
                 job: Some(self.table.id(id)),
@@ -232,7 +238,7 @@ impl Pool {
         }
         if let Some(ack) = ack {
             let job_ref = self.table.job_ref(id).expect("just recorded");
-            ack.send(Answer::ok(Body::Ref(job_ref)));
+            self.ack_when_durable(durable, ack, Answer::ok(Body::Ref(job_ref)));
         }
     }
 
@@ -259,11 +265,20 @@ impl Pool {
         debug!(job = job.id, pid = slot.pid, module = %job.module, "job sent to child");
         let resend = (!slot.jobs.is_empty()).then(|| (job.module.clone(), job.input.clone()));
         let est = self.run_times.estimate(&job.module);
+        // A durable job is "processing" in the store before the child can
+        // see it, even behind a running one: after a crash it fails, it
+        // never runs twice.
+        let after = self.store_put(job.id, JobStatus::Processing, None);
+        let slot = self
+            .children
+            .get_mut(&child)
+            .expect("dispatch target has a slot");
         let ctl = ChildCtl::Job {
             job: job.id,
             module: job.module,
             input: job.input,
             gate: job.reply.gate(),
+            after,
         };
         match slot.ctl.send(ctl) {
             Ok(()) => {

@@ -23,6 +23,8 @@
 //! - `recycle.rs`: retiring (job count, RSS), idle shrink, rolling restart.
 //! - `ops.rs`: status, result, start, cancel, list; time limits.
 //! - `shutdown.rs`: the drain and the hurried stop.
+//! - `durable.rs`: `--state-dir`: changes to the job store, acks that wait
+//!   for the disk, the restart.
 //! - `stats.rs`: `/healthz` and the stats JSON.
 //! - `tests.rs`, `model.rs`: unit tests with fake children and the
 //!   proptest model of the actor.
@@ -47,6 +49,7 @@ use tracing::info;
 
 mod breaker;
 mod dispatch;
+mod durable;
 mod estimate;
 mod handle;
 mod lifecycle;
@@ -190,16 +193,24 @@ struct Pool {
     respawn_scheduled: bool,
     shutting_down: bool,
     done: Option<oneshot::Sender<()>>,
+    /// The `--state-dir` job store.
+    store: Option<crate::store::Store>,
+    /// Detached submits' answers waiting for their change to be durable,
+    /// in change order.
+    acks: VecDeque<(u64, crate::job::Ack, crate::job::Answer)>,
+    /// The next place in the queue, for the store.
+    next_order: u64,
 }
 
 /// Starts the pool actor; it spawns `pool-start` children at once. The
 /// receiver fires when a shutdown has stopped every child. Job ids are
-/// `{instance}-{n}`.
+/// `{instance}-{n}`. With a job store, what it held is taken back first.
 pub fn start(
     cfg: Arc<Config>,
     launcher: Arc<dyn Launcher>,
     metrics: Arc<Metrics>,
     instance: Arc<str>,
+    store: Option<(crate::store::Store, crate::store::Recovered)>,
 ) -> (PoolHandle, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -240,7 +251,14 @@ pub fn start(
         respawn_scheduled: false,
         shutting_down: false,
         done: Some(done_tx),
+        store: None,
+        acks: VecDeque::new(),
+        next_order: 1,
     };
+    if let Some((store, recovered)) = store {
+        pool.store = Some(store);
+        pool.recover(recovered);
+    }
     tokio::spawn(async move {
         if pool.cfg.pool_start == 0 {
             // Nothing to wait for: ready (for /healthz) at once.
@@ -258,6 +276,7 @@ impl Pool {
         let idle_sleep = tokio::time::sleep(Duration::from_secs(86_400));
         tokio::pin!(idle_sleep);
         let mut armed: Option<Instant> = None;
+        let mut committed = self.store.as_ref().map(|s| s.committed());
         loop {
             if self.idle_check != armed {
                 armed = self.idle_check;
@@ -277,6 +296,10 @@ impl Pool {
                 },
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.job_timed_out(expired.into_inner());
+                    continue;
+                }
+                Some(done) = durable(&mut committed), if !self.acks.is_empty() => {
+                    self.durable_upto(done);
                     continue;
                 }
             };
@@ -301,6 +324,10 @@ impl Pool {
                 PoolCmd::GraceExpired => self.grace_expired(),
             }
             if self.shutting_down && self.children.is_empty() {
+                // Outcomes still on their way to the disk get there first.
+                if let Some(mut store) = self.store.take() {
+                    store.close();
+                }
                 self.events.emit(|| Event::new("shutdown-done"));
                 if let Some(done) = self.done.take() {
                     let _ = done.send(());
@@ -309,4 +336,12 @@ impl Pool {
             }
         }
     }
+}
+
+/// The job store's next durable watermark (`None`: no store, or it is gone).
+async fn durable(committed: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<u64> {
+    let rx = committed.as_mut()?;
+    rx.changed().await.ok()?;
+    let done = *rx.borrow_and_update();
+    Some(done)
 }

@@ -473,6 +473,7 @@ impl Case {
             }),
             Arc::new(crate::metrics::Metrics::new()),
             INSTANCE.into(),
+            None,
         );
         let (tx, rx) = mpsc::unbounded_channel();
         Case {

@@ -17,6 +17,7 @@ impl Pool {
         // Expired outcomes must not be served even when nothing has ended
         // for a while (eviction otherwise runs as jobs end).
         self.table.evict();
+        self.store_evictions();
         let answer = match op {
             Op::Status(job) => match self.table.view(job) {
                 Some(view) => Answer::ok(Body::View(view)),
@@ -54,6 +55,7 @@ impl Pool {
             return Answer::conflict(id, JobStatus::StartLater);
         };
         self.table.set_queued(job);
+        self.store_queued(job, &queued.input);
         info!(job, module = %queued.module, "start-later job started");
         self.events.emit(|| Event {
             job: Some(id.clone()),

@@ -28,11 +28,19 @@ impl Pool {
             grace_secs = self.cfg.grace.as_secs_f64(),
             "shutting down"
         );
+        // Jobs the store keeps wait there for the next master (SPEC 13);
+        // the others are refused.
         for job in std::mem::take(&mut self.queue) {
+            if self.outlives_shutdown(job.id) {
+                continue;
+            }
             let msg = "the master is shutting down".to_owned();
             self.refuse(job.reply, job.id, Reason::ShuttingDown, msg);
         }
         for job in self.table.take_parked() {
+            if self.outlives_shutdown(job.id) {
+                continue;
+            }
             let msg = "the master is shutting down".to_owned();
             self.refuse(job.reply, job.id, Reason::ShuttingDown, msg);
         }

@@ -126,6 +126,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         job_max,
         handler: "fake-handler".into(),
         exec_dir: None,
+        state_dir: None,
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
         prefetch: crate::config::Prefetch::Fixed(prefetch),
@@ -161,6 +162,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         Arc::new(FakeLauncher(fake.clone())),
         Arc::new(crate::metrics::Metrics::new()),
         "0123456789ab".into(),
+        None,
     );
     let (tx, rx) = mpsc::unbounded_channel();
     Harness {
