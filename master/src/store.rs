@@ -346,6 +346,16 @@ impl Store {
         self.seq
     }
 
+    /// The last sequence number sent.
+    pub fn last(&self) -> u64 {
+        self.seq
+    }
+
+    /// The last sequence number durable now.
+    pub fn durable(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
     /// The last sequence number durable, as it advances.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()

@@ -112,6 +112,11 @@ pub struct JobTable {
     start_later: usize,
     /// Durable jobs evicted since last asked: to delete from the store.
     evicted: Vec<JobId>,
+    /// Hold durable jobs' outcomes for waiters instead of sending them
+    /// (`--state-dir`: an outcome is told only once it is on disk).
+    hold: bool,
+    /// Outcomes held for their waiters.
+    held: Vec<(oneshot::Sender<Answer>, Answer)>,
 }
 
 /// A wall-clock time and the monotonic instant it was read at.
@@ -181,7 +186,20 @@ impl JobTable {
             result_bytes: 0,
             start_later: 0,
             evicted: Vec::new(),
+            hold: false,
+            held: Vec::new(),
         }
+    }
+
+    /// From now on, outcomes of durable jobs are held for their waiters
+    /// ([`JobTable::take_held`]) instead of sent.
+    pub fn hold_outcomes(&mut self) {
+        self.hold = true;
+    }
+
+    /// Outcomes held for waiters since the last call.
+    pub fn take_held(&mut self) -> Vec<(oneshot::Sender<Answer>, Answer)> {
+        std::mem::take(&mut self.held)
     }
 
     /// The id string of job `job`.
@@ -404,8 +422,13 @@ impl JobTable {
         let waiters = std::mem::take(&mut r.waiters);
         if !waiters.is_empty() {
             let answer = result_answer(format_id(&self.instance, job), r);
+            let hold = self.hold && r.durable;
             for w in waiters {
-                let _ = w.send(answer.clone());
+                if hold {
+                    self.held.push((w, answer.clone()));
+                } else {
+                    let _ = w.send(answer.clone());
+                }
             }
         }
         self.finished.push_back((job, now));
@@ -483,7 +506,11 @@ impl JobTable {
                 let _ = tx.send(Answer::not_found(&id));
             }
             Some(r) if r.status.is_finished() => {
-                let _ = tx.send(result_answer(id, r));
+                if self.hold && r.durable {
+                    self.held.push((tx, result_answer(id, r)));
+                } else {
+                    let _ = tx.send(result_answer(id, r));
+                }
             }
             Some(r) => {
                 // Waiters that gave up (a client polling with short waits)

@@ -15,11 +15,14 @@
 //! `reliability` (kills of healthy children, a handler that cannot start,
 //! flow control for a client that stops reading, children getting in
 //! while clients hold every place, fd exhaustion, oversized child output),
-//! `exec` (executable modules of `--exec-dir`),
+//! `durable` (`--state-dir`: restart after kill -9, drain, retention,
+//! lock, corrupt store), `exec` (executable modules of `--exec-dir`),
+//! `python` (the Python SDK's unittest suite on the real binaries),
 //! `layout` (no import circle in any crate, no source file over 700 lines).
 
 mod bench;
 mod cli;
+mod durable;
 mod example;
 mod exec;
 mod faults;
@@ -28,6 +31,7 @@ mod http;
 mod jobs;
 mod layout;
 mod pool;
+mod python;
 mod reliability;
 mod soak;
 mod supervision;

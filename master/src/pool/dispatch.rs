@@ -87,6 +87,7 @@ impl Pool {
             }
         }
         self.store_finished(job);
+        self.release_held();
         match answer {
             Some((reply, End::Completed(output))) => reply.completed(job, output),
             Some((reply, End::Failed(reason, message))) => reply.failed(job, reason, message),
@@ -238,7 +239,11 @@ impl Pool {
         }
         if let Some(ack) = ack {
             let job_ref = self.table.job_ref(id).expect("just recorded");
-            self.ack_when_durable(durable, ack, Answer::ok(Body::Ref(job_ref)));
+            self.tell_when_durable(
+                durable,
+                durable::Told::Ack(ack),
+                Answer::ok(Body::Ref(job_ref)),
+            );
         }
     }
 

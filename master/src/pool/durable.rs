@@ -10,6 +10,26 @@ use crate::store::{Change, Recovered};
 use crate::table::End;
 use taskmaster_proto::jobs::{JobStatus, SubmitOptions};
 use taskmaster_proto::Reason;
+use tokio::sync::oneshot;
+
+/// Who waits for an answer held until the store has caught up.
+pub(super) enum Told {
+    /// A detached submit's id.
+    Ack(Ack),
+    /// A job operation (status, result, wait, ...).
+    Op(oneshot::Sender<Answer>),
+}
+
+impl Told {
+    fn send(self, answer: Answer) {
+        match self {
+            Told::Ack(ack) => ack.send(answer),
+            Told::Op(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
 
 /// The failure message of a job that was running when the master stopped.
 pub const RESTARTED: &str = "the master restarted while the job ran";
@@ -90,19 +110,37 @@ impl Pool {
         self.store.is_some() && self.table.get(job).is_some_and(|r| r.durable)
     }
 
-    /// Sends `answer` on `ack` once change `seq` is durable.
-    pub(super) fn ack_when_durable(&mut self, seq: Option<u64>, ack: Ack, answer: Answer) {
-        match seq {
-            Some(seq) => self.acks.push_back((seq, ack, answer)),
-            None => ack.send(answer),
+    /// Sends `answer` once change `seq` is durable: a detached submit's
+    /// id, and anything that tells a durable job's state (an outcome told
+    /// must never be undone by a crash).
+    pub(super) fn tell_when_durable(&mut self, seq: Option<u64>, to: Told, answer: Answer) {
+        match (seq, &self.store) {
+            (Some(seq), Some(store)) if seq > store.durable() => {
+                self.acks.push_back((seq, to, answer));
+            }
+            _ => to.send(answer),
+        }
+    }
+
+    /// An answer to a job operation, once everything the store has been
+    /// sent so far is durable.
+    pub(super) fn answer_op(&mut self, tx: oneshot::Sender<Answer>, answer: Answer) {
+        let last = self.store.as_ref().map(|s| s.last());
+        self.tell_when_durable(last, Told::Op(tx), answer);
+    }
+
+    /// Outcomes the table held for waiters go out once durable.
+    pub(super) fn release_held(&mut self) {
+        for (tx, answer) in self.table.take_held() {
+            self.answer_op(tx, answer);
         }
     }
 
     /// The store made every change up to `done` durable.
     pub(super) fn durable_upto(&mut self, done: u64) {
         while self.acks.front().is_some_and(|(seq, ..)| *seq <= done) {
-            let (_, ack, answer) = self.acks.pop_front().expect("front exists");
-            ack.send(answer);
+            let (_, to, answer) = self.acks.pop_front().expect("front exists");
+            to.send(answer);
         }
     }
 

@@ -197,7 +197,7 @@ struct Pool {
     store: Option<crate::store::Store>,
     /// Detached submits' answers waiting for their change to be durable,
     /// in change order.
-    acks: VecDeque<(u64, crate::job::Ack, crate::job::Answer)>,
+    acks: VecDeque<(u64, durable::Told, crate::job::Answer)>,
     /// The next place in the queue, for the store.
     next_order: u64,
 }
@@ -257,6 +257,7 @@ pub fn start(
     };
     if let Some((store, recovered)) = store {
         pool.store = Some(store);
+        pool.table.hold_outcomes();
         pool.recover(recovered);
     }
     tokio::spawn(async move {

@@ -24,12 +24,15 @@ impl Pool {
                 None => Answer::not_found(&self.table.id(job)),
             },
             Op::Result(job) => self.table.result(job),
-            Op::Wait(job) => return self.table.add_waiter(job, tx),
+            Op::Wait(job) => {
+                self.table.add_waiter(job, tx);
+                return self.release_held();
+            }
             Op::Start(job) => self.start_held(job),
             Op::Cancel(job) => self.cancel(job),
             Op::List { limit, status } => Answer::ok(Body::List(self.table.list(limit, status))),
         };
-        let _ = tx.send(answer);
+        self.answer_op(tx, answer);
     }
 
     /// `start`: a `start-later` job joins the queue. If it cannot (queue
