@@ -136,7 +136,11 @@ pub fn open(dir: &Path, fresh: impl FnOnce() -> String) -> Result<Opened, StoreE
         dir: dir.to_owned(),
         why,
     };
-    std::fs::create_dir_all(dir).map_err(|e| dir_err(e.to_string()))?;
+    // Job inputs and outputs are in there: a directory it makes is the
+    // master user's alone.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|e| dir_err(e.to_string()))?;
     let lock = lock(dir)?;
     let path = dir.join(FILE);
     let backup = dir.join(OPENING);
