@@ -277,6 +277,9 @@ impl Client {
             }
             None => return Err(ClientError::Disconnected),
         };
+        // Answers may be as large as the master's limit, which can be above
+        // the default the hello was read with.
+        codec::set_max_payload(&mut reader, max_payload.max(codec::DEFAULT_MAX_PAYLOAD));
         let (out, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let _ = codec::write_batched(write, rx, |m: ToMaster, buf: &mut BytesMut| {

@@ -204,6 +204,16 @@ impl tokio_util::codec::Decoder for FrameCodec {
     }
 }
 
+/// Raises (or lowers) the payload limit of a reader made by
+/// [`frame_reader`]: a client learns the master's limit from its `Welcome`,
+/// after the reader has read that first frame.
+pub fn set_max_payload<R: AsyncRead>(reader: &mut FrameReader<R>, max_payload: usize) {
+    reader
+        .decoder_mut()
+        .inner
+        .set_max_frame_length(max_frame_len(max_payload));
+}
+
 /// Wraps a reader in the 4-byte big-endian length codec with a frame limit.
 pub fn frame_reader<R: AsyncRead>(io: R, max_payload: usize) -> FrameReader<R> {
     FramedRead::with_capacity(

@@ -167,3 +167,16 @@ async fn submit_over_the_size_limits_is_closed_and_client_checks_first() {
     master.wait_log("submit over the size limits", Duration::from_secs(5));
     still_serves(&master).await;
 }
+
+/// A master whose `--max-payload` is above the default: the client takes
+/// its limit from the `Welcome`, so an answer that large arrives (it used
+/// to be cut off as an oversized frame).
+#[tokio::test]
+async fn answers_above_the_default_payload_limit_reach_the_client() {
+    let limit = (taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD * 2).to_string();
+    let master = Master::ready(&["--pool-start", "1", "--max-payload", &limit]);
+    let client = master.client().await;
+    let big = vec![7u8; taskmaster_proto::codec::DEFAULT_MAX_PAYLOAD + 4096];
+    let out = client.do_task("echo", big.clone()).await.expect("echo");
+    assert!(out == big, "the answer came back changed");
+}
