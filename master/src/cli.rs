@@ -4,8 +4,10 @@
 
 use crate::client::bench::BenchArgs;
 use crate::client::events::EventsArgs;
+use crate::client::generated::CompletionsArgs;
 use crate::client::jobs::{IdArgs, JobsArgs, ResultArgs};
 use crate::client::submit::SubmitArgs;
+use crate::client::top::TopArgs;
 use crate::client::ConnectArgs;
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +35,9 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Print pool and queue figures as JSON.
     Stats(ConnectArgs),
+    /// A live view of the master in the terminal: children, queue,
+    /// jobs/s, failures by reason (`q` quits).
+    Top(TopArgs),
     /// Print what the master knows of a job, as JSON.
     Status(IdArgs),
     /// Write a finished job's response to stdout (exit 75 if it has not
@@ -49,11 +54,20 @@ pub enum Command {
     Events(EventsArgs),
     /// Load-test a running master (jobs/s, latency percentiles).
     Bench(BenchArgs),
+    /// Print a shell completion script for these commands and flags.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 /// Flags of the master.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings whose keys are these flags' long names
+    /// (`pool-max = 8`, `insecure = true`); a flag or its environment
+    /// variable overrides the file.
+    #[arg(long, env = "TASKMASTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Children spawned at start; the pool never shrinks below it.
     #[arg(
         long,

@@ -274,6 +274,33 @@ impl Params {
         }
     }
 
+    /// A word that parses as `T` (`priority=high`), or `T::default()`.
+    fn parsed<T: std::str::FromStr<Err = String> + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, Rejection> {
+        match self.0.get(name) {
+            None => Ok(T::default()),
+            Some(text) => text
+                .parse()
+                .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("{name}={text:?}: {e}"))),
+        }
+    }
+
+    /// A whole number from 0 to `max` (0 when absent).
+    fn count(&self, name: &str, max: u32) -> Result<u32, Rejection> {
+        match self.0.get(name) {
+            None => Ok(0),
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name}={text:?}: expected a whole number from 0 to {max}"),
+                )),
+            },
+        }
+    }
+
     fn boolean(&self, name: &str) -> Result<bool, Rejection> {
         match self.0.get(name).map(String::as_str) {
             None | Some("false") | Some("0") => Ok(false),
@@ -317,16 +344,18 @@ async fn submit(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let params = tri!(Params::parse(query, &["wait", "start_later", "timeout"]));
+    let params = tri!(Params::parse(
+        query,
+        &["wait", "start_later", "timeout", "priority", "retries"]
+    ));
+    let priority = tri!(params.parsed::<taskmaster_proto::Priority>("priority"));
+    let retries = tri!(params.count("retries", taskmaster_proto::jobs::MAX_RETRIES));
     let wait = tri!(params.seconds("wait", MAX_WAIT.as_secs_f64()));
     let start_later = tri!(params.boolean("start_later"));
+    // `wait` with `start_later` is a wait like any other (SPEC 6: 200 if the
+    // job completed in time, 202 if not): the held job completes within it
+    // only if someone starts it meanwhile, else the 202 says start-later.
     let timeout = tri!(params.seconds("timeout", MAX_TIMEOUT_SECS));
-    if start_later && wait.is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "start_later and wait cannot be combined: a start-later job waits for POST /jobs/{id}/start",
-        );
-    }
     let input = match body {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
@@ -346,6 +375,8 @@ async fn submit(
             detach: true,
             start_later,
             timeout_ms: timeout.map(SubmitOptions::timeout_ms),
+            priority,
+            retries,
         },
         reply: Reply::Detached,
         ack: Some(Ack::Local(ack_tx)),

@@ -202,6 +202,19 @@ pub struct Queued {
     pub input: Bytes,
     /// Where answers go.
     pub reply: Reply,
+    /// Its lane in the queue.
+    pub pri: taskmaster_proto::Priority,
+    /// Runs it may still have, and children it has killed.
+    pub retry: Retry,
+}
+
+/// An idempotent job's retries (`submit --retries N`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// Runs left after this one.
+    pub left: u32,
+    /// Children that died running it, or were killed at its time limit.
+    pub kills: u32,
 }
 
 /// A job operation, by id.

@@ -12,6 +12,10 @@
 //! - [`config`]: the validated [`config::Config`]; every check that exits 2.
 //! - [`server`]: wires listener, HTTP server, pool, metrics and signals.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP turned into pool messages.
+//! - [`config_file`]: `--config FILE`, TOML keys turned into flags for
+//!   clap to parse.
+//! - [`notify`]: systemd's `NOTIFY_SOCKET` (`READY=1`, `STATUS=`,
+//!   `STOPPING=1`).
 //!
 //! Connections:
 //!
@@ -64,12 +68,14 @@ pub mod child;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod events;
 pub mod flow;
 pub mod http;
 pub mod job;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod server;
 pub mod session;

@@ -1,12 +1,15 @@
 //! The `taskmaster` binary: parses flags, sets up logging, and runs either
 //! the master or a client command. Everything else is in the library.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use taskmaster::cli::{Cli, Command};
-use taskmaster::client::{self, bench, events, jobs, stats, submit};
+use taskmaster::client::top;
+use taskmaster::client::{self, bench, events, generated, jobs, stats, submit};
 use taskmaster::config;
+use taskmaster::config_file;
 
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("taskmaster: {message}");
@@ -18,6 +21,7 @@ async fn run_client(command: Command) -> ExitCode {
     match command {
         Command::Submit(args) => submit::run(args).await,
         Command::Stats(conn) => stats::run(conn).await,
+        Command::Top(args) => top::run(args).await,
         Command::Status(args) => jobs::status(args).await,
         Command::Result(args) => jobs::result(args).await,
         Command::Start(args) => jobs::start(args).await,
@@ -25,6 +29,8 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Jobs(args) => jobs::list(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions(args) => generated::completions(args, Cli::command()),
+        Command::Man => generated::man(Cli::command()),
     }
 }
 
@@ -40,21 +46,55 @@ fn raise_open_file_limit() {
     }
 }
 
+/// `--help` and `--version` print and succeed; any other clap error is
+/// one clear line, not clap's usage block (the first paragraph of its
+/// message, which may name missing arguments on further lines).
+fn clap_exit(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    usage_error(config_file::clap_line(&e))
+}
+
+/// The command line, with the master's `--config FILE` merged in: the
+/// file's keys become flags placed before the real ones, for clap to
+/// parse and check like any flag (see `config_file`).
+fn parse() -> Result<Cli, ExitCode> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command()
+        .try_get_matches_from(&args)
+        .map_err(clap_exit)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(clap_exit)?;
+    let path = match (&cli.command, &cli.serve.config) {
+        (None, Some(path)) => path.clone(),
+        _ => return Ok(cli),
+    };
+    let extra = config_file::arguments(&path, &Cli::command(), &matches).map_err(usage_error)?;
+    if extra.is_empty() {
+        return Ok(cli);
+    }
+    let (program, rest) = args
+        .split_first()
+        .map_or((OsString::from("taskmaster"), &[][..]), |(p, r)| {
+            (p.clone(), r)
+        });
+    let merged = std::iter::once(program)
+        .chain(extra)
+        .chain(rest.iter().cloned());
+    Cli::try_parse_from(merged).map_err(|e| {
+        usage_error(format!(
+            "config file {}: {}",
+            path.display(),
+            config_file::clap_line(&e)
+        ))
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        // One clear line, not clap's usage block: the first paragraph of
-        // its message (which may name missing arguments on further lines).
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.split("\n\n").next().unwrap_or("bad arguments");
-            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            return usage_error(line.trim_start_matches("error: "));
-        }
+        Err(code) => return code,
     };
     if let Some(command) = cli.command {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -64,6 +104,9 @@ fn main() -> ExitCode {
         return rt.block_on(run_client(command));
     }
 
+    // Taken now, while the process has one thread: it leaves the
+    // environment, so no child inherits it.
+    let notify = taskmaster::notify::Notifier::from_env();
     let mut cfg = cli.serve.to_config();
     if let Err(e) = cfg.validate() {
         return usage_error(e);
@@ -123,7 +166,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(taskmaster::server::run(cfg, listener, http, store)) {
+    match rt.block_on(taskmaster::server::run(cfg, listener, http, store, notify)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "master failed");

@@ -19,12 +19,14 @@ pub fn fresh_instance() -> String {
         .collect()
 }
 
-/// Runs the master on already-bound listeners until it is stopped.
+/// Runs the master on already-bound listeners until it is stopped;
+/// `notify` tells systemd how it goes (`NOTIFY_SOCKET`).
 pub async fn run(
     cfg: Config,
     listener: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
     store: Option<crate::store::Opened>,
+    notify: Option<crate::notify::Notifier>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
@@ -80,6 +82,17 @@ pub async fn run(
         instance,
         store,
     );
+    // Subscribed here, before this task first yields and so before the
+    // pool actor runs: its `pool-ready` cannot come and go unseen.
+    let notify = notify.map(|n| {
+        let n = Arc::new(n);
+        tokio::spawn(crate::notify::run(
+            n.clone(),
+            pool.clone(),
+            pool.subscribe(),
+        ));
+        n
+    });
     if let Some(http) = http {
         let app = crate::http::router(pool.clone(), metrics, max_payload, token);
         let connections = listener_cfg.connections.clone();
@@ -90,6 +103,10 @@ pub async fn run(
     tokio::select! {
         r = signals => r?,
         r = done => r.map_err(|_| std::io::Error::other("the pool stopped unexpectedly"))?,
+    }
+    // Said already at the signal; this covers any other way to the end.
+    if let Some(n) = &notify {
+        n.stopping();
     }
     info!("shutdown complete");
     Ok(())

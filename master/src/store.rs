@@ -93,6 +93,10 @@ pub struct StoredJob {
     pub output: Option<Bytes>,
     /// Its failure, once failed or cancelled.
     pub failure: Option<(Reason, String)>,
+    /// Its lane in the queue.
+    pub priority: taskmaster_proto::Priority,
+    /// Runs it may still have.
+    pub retries: u32,
 }
 
 /// What a state directory held when the master started.

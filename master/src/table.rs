@@ -71,6 +71,10 @@ pub struct Record {
     /// Its place in the queue, for the store (queued jobs come back in
     /// this order after a restart).
     pub order: u64,
+    /// Its lane, for the store.
+    pub priority: taskmaster_proto::Priority,
+    /// Its retries asked for, for the store.
+    pub retries: u32,
 }
 
 impl Record {
@@ -256,6 +260,8 @@ impl JobTable {
                 parked: None,
                 durable: false,
                 order: 0,
+                priority: taskmaster_proto::Priority::Normal,
+                retries: 0,
             },
         );
     }
@@ -291,6 +297,8 @@ impl JobTable {
                 parked: None,
                 durable: true,
                 order: stored.order,
+                priority: stored.priority,
+                retries: stored.retries,
             },
         );
         if let Some(at) = finished {
@@ -322,6 +330,8 @@ impl JobTable {
             input,
             output: r.output.clone(),
             failure: r.failure.clone(),
+            priority: r.priority,
+            retries: r.retries,
         })
     }
 

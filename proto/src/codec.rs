@@ -398,6 +398,8 @@ mod tests {
                 detach: true,
                 start_later: true,
                 timeout_ms: Some(1500),
+                priority: crate::jobs::Priority::Low,
+                retries: 3,
             },
             input: Bytes::from(vec![0u8; 100_000]),
         });
@@ -476,7 +478,7 @@ mod tests {
         // docs/protocol.md: Submit is variant 0 (u32 LE), tag u64 LE, module
         // as u64 LE length + UTF-8, context as u64 LE length + bytes, the
         // options (detach u8, start_later u8, timeout_ms as u8 0/1 + u64
-        // LE), then the raw payload.
+        // LE, priority u32 LE, retries u32 LE), then the raw payload.
         let frame = to_frame(&ToMaster::Submit {
             tag: 5,
             module: "echo".into(),
@@ -485,6 +487,8 @@ mod tests {
                 detach: false,
                 start_later: false,
                 timeout_ms: Some(9),
+                priority: crate::jobs::Priority::Low,
+                retries: 7,
             },
             input: Bytes::from_static(b"hi"),
         })
@@ -498,6 +502,8 @@ mod tests {
         want.extend_from_slice(b"c");
         want.extend_from_slice(&[0, 0, 1]);
         want.extend_from_slice(&9u64.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(&7u32.to_le_bytes());
         want.extend_from_slice(b"hi");
         assert_eq!(&frame[..4], &(want.len() as u32).to_be_bytes());
         assert_eq!(&frame[4..], &want[..]);

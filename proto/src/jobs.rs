@@ -109,6 +109,61 @@ pub fn parse_id(id: &str) -> Result<(&str, u64), BadId> {
     Ok((instance, job))
 }
 
+/// Where a job waits in the queue: higher first, FIFO within one
+/// (SPEC section 16). The wire carries the variant index (0 high, 1
+/// normal, 2 low).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    /// Ahead of every normal and low job.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Behind every high and normal job.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, highest first (the queue's lanes).
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The word of the CLI, HTTP and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Its lane in the queue, 0 first.
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Priority, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("expected high, normal or low, got {s:?}"))
+    }
+}
+
+/// The most retries a submit may ask for.
+pub const MAX_RETRIES: u32 = 100;
+
 /// Options of a submit beyond module and input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitOptions {
@@ -121,6 +176,13 @@ pub struct SubmitOptions {
     /// Run-time limit in milliseconds, replacing the master's
     /// `--job-timeout`; `Some(0)` means no limit, `None` the default.
     pub timeout_ms: Option<u64>,
+    /// Its place in the queue.
+    pub priority: Priority,
+    /// The job is idempotent: when its child dies or its time limit
+    /// passes, it runs again on another child, up to this many more times
+    /// (at most [`MAX_RETRIES`]; a job that has killed 3 children fails
+    /// `error`, "poison job", whatever this says).
+    pub retries: u32,
 }
 
 impl SubmitOptions {

@@ -49,7 +49,7 @@ pub mod stats;
 pub use client::{
     Client, ClientError, Completed, JobEvent, JobFailure, JobHandle, JobResult, Reply,
 };
-pub use jobs::{JobStatus, Outcome, SubmitOptions};
+pub use jobs::{JobStatus, Outcome, Priority, SubmitOptions};
 pub use messages::{PROTOCOL_VERSION, SECRET_LEN};
 pub use reason::Reason;
 pub use stats::Stats;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Protocol version carried in every hello; bumped on any wire change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Length of the per-child secret a handler proves itself with.
 pub const SECRET_LEN: usize = 32;

@@ -34,6 +34,42 @@ pub struct PoolStats {
     pub idle: usize,
     /// Children spawned but not yet ready.
     pub starting: usize,
+    /// Each child alive, oldest first (what `taskmaster top` shows).
+    /// Defaults to empty so that a newer client still reads an older
+    /// master's JSON, which has no such list.
+    #[serde(default)]
+    pub children: Vec<ChildInfo>,
+}
+
+/// One child now.
+///
+/// Optional fields are left out of the JSON when unknown, never `null`
+/// (as everywhere in the HTTP API).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChildInfo {
+    /// The master's number for it (its `--child-id`), known before its pid.
+    pub id: u64,
+    /// Its process id, once spawned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `starting`, `idle`, `busy` or `stopping`. (A string, not an enum,
+    /// so that a client never fails on a state a newer master adds.)
+    pub state: String,
+    /// The id of the job it runs (or was told to stop in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// That job's module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Jobs sent to it behind the running one (prefetch), not started yet.
+    #[serde(default)]
+    pub prefetched: usize,
+    /// Jobs it has finished.
+    pub jobs_run: u64,
+    /// Its resident memory in bytes, read from `/proc` when the stats were
+    /// taken (absent off Linux or once the process is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
 }
 
 /// The FIFO queue.
@@ -64,6 +100,13 @@ pub struct JobStats {
     pub start_later: usize,
     /// Finished jobs whose outcome is kept in the job table now.
     pub kept: usize,
+    /// Runs of idempotent jobs (`--retries`) after their child died or
+    /// their time limit passed.
+    #[serde(default)]
+    pub retried: u64,
+    /// Jobs quarantined as poison (they killed 3 children).
+    #[serde(default)]
+    pub poisoned: u64,
 }
 
 /// Child processes since start.

@@ -128,21 +128,21 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         (
             "Client hello, token None",
             vec![frame(Hello::Client(ClientHello {
-                version: 2,
+                version: 3,
                 token: None,
             }))],
         ),
         (
             "Client hello, token Some(\"abc\")",
             vec![frame(Hello::Client(ClientHello {
-                version: 2,
+                version: 3,
                 token: Some("abc".into()),
             }))],
         ),
         (
             "Welcome: max_payload 16 MiB, instance \"3f9a0c12b7e4\"",
             vec![frame(ToClient::Welcome {
-                version: 2,
+                version: 3,
                 max_payload: 16 * 1024 * 1024,
                 instance: INSTANCE.into(),
             })],
@@ -201,7 +201,7 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             })],
         ),
         (
-            "Submit: tag 2, start later, time limit 1.5 s, input \"hi\"",
+            "Submit: tag 2, start later, time limit 1.5 s, priority high, 2 retries, input \"hi\"",
             vec![frame(ToMaster::Submit {
                 tag: 2,
                 module: "echo".into(),
@@ -210,6 +210,8 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                     detach: true,
                     start_later: true,
                     timeout_ms: Some(1500),
+                    priority: taskmaster_proto::Priority::High,
+                    retries: 2,
                 },
                 input: Bytes::from_static(b"hi"),
             })],
@@ -293,7 +295,7 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         (
             "Handler hello: child_id 3, pid 0x1234, secret 32 × ab, modules [\"echo\", \"pid\"]",
             vec![frame(Hello::Handler(HandlerHello {
-                version: 2,
+                version: 3,
                 child_id: 3,
                 pid: 0x1234,
                 secret: [0xab; 32],

@@ -297,11 +297,40 @@ async fn start_later_runs_only_when_started() {
     let done_id = done.header("x-job-id").unwrap();
     let s = post(&m, &format!("/jobs/{done_id}/start"), Bytes::new()).await;
     assert_eq!(s.status, 409);
-    // start_later with wait is malformed, and creates no job.
-    let before = stats(&m).await["jobs"]["submitted"].clone();
-    let bad = post(&m, "/jobs/echo?start_later=true&wait=1", "x").await;
-    assert_error(&bad, 400, "start_later with wait");
-    assert_eq!(stats(&m).await["jobs"]["submitted"], before);
+    // start_later with wait is a wait like any other (SPEC 6): nobody
+    // starts the job, so at the deadline it is 202 and still held...
+    let t = Instant::now();
+    let held = post(&m, "/jobs/echo?start_later=true&wait=0.3", "x").await;
+    assert_eq!(held.status, 202, "{}", held.text());
+    assert_eq!(held.json()["status"], "start-later");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // ...and started by another client within the wait, it is 200 with
+    // the response.
+    let waiting = tokio::spawn({
+        let url = m.url("/jobs/echo?start_later=true&wait=30");
+        async move { http("POST", &url, "started in time").await }
+    });
+    let before = held.json()["id"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let list = get(&m, "/jobs?status=start-later&limit=1").await.json();
+        match list["jobs"][0]["id"].as_str() {
+            Some(newest) if before != newest => break newest.to_owned(),
+            _ => assert!(Instant::now() < deadline, "the held job is not listed"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let s = post(&m, &format!("/jobs/{id}/start"), Bytes::new()).await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let done = waiting.await.unwrap();
+    assert_eq!(
+        (done.status, done.text().as_str(), done.header("x-job-id")),
+        (200, "started in time", Some(id.as_str()))
+    );
 }
 
 #[tokio::test]

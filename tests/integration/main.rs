@@ -17,11 +17,17 @@
 //! while clients hold every place, fd exhaustion, oversized child output),
 //! `durable` (`--state-dir`: restart after kill -9, drain, retention,
 //! lock, corrupt store), `exec` (executable modules of `--exec-dir`),
-//! `python` (the Python SDK's unittest suite on the real binaries),
-//! `layout` (no import circle in any crate, no source file over 700 lines).
+//! `priority` (priorities, retries, poison jobs), `python` (the Python SDK's unittest suite on the real binaries),
+//! `schemathesis` (docs/openapi.yaml against the server by schemathesis,
+//! every phase, with and without a client token),
+//! `top` (`taskmaster top` in a pseudo-terminal, per-child stats),
+//! `conventions` (the config file, completions and man page, systemd's
+//! `NOTIFY_SOCKET`), `layout` (no import circle in any crate, no source
+//! file over 700 lines).
 
 mod bench;
 mod cli;
+mod conventions;
 mod durable;
 mod example;
 mod exec;
@@ -31,8 +37,11 @@ mod http;
 mod jobs;
 mod layout;
 mod pool;
+mod priority;
 mod python;
 mod reliability;
+mod schemathesis;
 mod soak;
 mod supervision;
+mod top;
 mod wire;

@@ -13,15 +13,20 @@
 //!   `jobs`.
 //! - [`events`]: `taskmaster events`.
 //! - [`stats`]: `taskmaster stats`.
+//! - [`top`]: `taskmaster top`, the live terminal view.
 //! - [`bench`](mod@bench): `taskmaster bench`, the load generator.
+//! - [`generated`]: `taskmaster completions` and `taskmaster man`, made
+//!   from the clap definitions.
 //!
 //! The files below import this one and nothing of each other.
 
 pub mod bench;
 pub mod events;
+pub mod generated;
 pub mod jobs;
 pub mod stats;
 pub mod submit;
+pub mod top;
 
 use clap::Args;
 use std::io::Write;

@@ -29,6 +29,15 @@ pub struct SubmitArgs {
     /// default: the master's --job-timeout).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub timeout: Option<f64>,
+    /// Where the job waits: high jobs run before normal ones, normal before
+    /// low; first come, first served within one.
+    #[arg(long, default_value = "normal", value_name = "high|normal|low")]
+    pub priority: taskmaster_proto::Priority,
+    /// The job is idempotent: when its child dies or its time limit passes,
+    /// run it again on another child, up to N more times (a job that has
+    /// killed 3 children fails `error`, "poison job").
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=i64::from(taskmaster_proto::jobs::MAX_RETRIES)))]
+    pub retries: u32,
     /// The module to run.
     pub module: String,
     /// Input bytes; omitted or `-`: read stdin.
@@ -64,6 +73,8 @@ pub async fn run(args: SubmitArgs) -> ExitCode {
         timeout_ms: args
             .timeout
             .map(|t| SubmitOptions::timeout_ms(Duration::from_secs_f64(t))),
+        priority: args.priority,
+        retries: args.retries,
     };
     if options.detach {
         return match client.submit_detached(&args.module, input, options).await {

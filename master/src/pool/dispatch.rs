@@ -209,7 +209,7 @@ impl Pool {
             .unwrap_or_else(|| Arc::from(module.as_str()));
         self.table.insert(id, name, status, timeout);
         let durable = if self.wants_store(&options) {
-            self.store_new(id, &input)
+            self.store_new(id, &input, &options)
         } else {
             None
         };
@@ -228,6 +228,11 @@ impl Pool {
             module,
             input,
             reply,
+            pri: options.priority,
+            retry: crate::job::Retry {
+                left: options.retries.min(taskmaster_proto::jobs::MAX_RETRIES),
+                kills: 0,
+            },
         };
         if options.start_later {
             debug!(job = id, module = %job.module, "job held to start later");
@@ -268,7 +273,10 @@ impl Pool {
             .get_mut(&child)
             .expect("dispatch target has a slot");
         debug!(job = job.id, pid = slot.pid, module = %job.module, "job sent to child");
-        let resend = (!slot.jobs.is_empty()).then(|| (job.module.clone(), job.input.clone()));
+        // Kept to run it elsewhere: a job behind a running one (if its
+        // child never starts it), or one that may be retried.
+        let resend = (!slot.jobs.is_empty() || job.retry.left > 0)
+            .then(|| (job.module.clone(), job.input.clone()));
         let est = self.run_times.estimate(&job.module);
         // A durable job is "processing" in the store before the child can
         // see it, even behind a running one: after a crash it fails, it
@@ -301,6 +309,8 @@ impl Pool {
                     started: runs_now,
                     reply: Some(job.reply),
                     resend,
+                    pri: job.pri,
+                    retry: job.retry,
                 });
                 if runs_now {
                     self.job_started(job.id, child);
@@ -318,6 +328,8 @@ impl Pool {
                     module,
                     input,
                     reply: job.reply,
+                    pri: job.pri,
+                    retry: job.retry,
                 });
                 if slot.jobs.is_empty() {
                     self.dispatch_queue();
@@ -410,6 +422,8 @@ impl Pool {
                     module,
                     input,
                     reply,
+                    pri: held.pri,
+                    retry: held.retry,
                 }),
                 None => unreachable!("only the first job of a window lacks resend data"),
             }

@@ -5,7 +5,7 @@
 //! instead of running twice. The rule is in `crate::store`'s module doc.
 
 use super::*;
-use crate::job::{Ack, Answer, Queued, Reply};
+use crate::job::{Ack, Answer, Queued, Reply, Retry};
 use crate::store::{Change, Recovered};
 use crate::table::End;
 use taskmaster_proto::jobs::{JobStatus, SubmitOptions};
@@ -43,12 +43,19 @@ impl Pool {
 
     /// Makes a just-recorded job durable and writes it with its input;
     /// returns the change to wait for.
-    pub(super) fn store_new(&mut self, job: JobId, input: &Bytes) -> Option<u64> {
+    pub(super) fn store_new(
+        &mut self,
+        job: JobId,
+        input: &Bytes,
+        options: &SubmitOptions,
+    ) -> Option<u64> {
         let order = self.next_order;
         self.next_order += 1;
         let r = self.table.get_mut(job)?;
         r.durable = true;
         r.order = order;
+        r.priority = options.priority;
+        r.retries = options.retries.min(taskmaster_proto::jobs::MAX_RETRIES);
         let status = r.status();
         self.store_put(job, status, Some(input.clone()))
     }
@@ -172,6 +179,11 @@ impl Pool {
                             module: stored.module,
                             input,
                             reply: Reply::Detached,
+                            pri: stored.priority,
+                            retry: Retry {
+                                left: stored.retries,
+                                kills: 0,
+                            },
                         }));
                     }
                 }
@@ -182,6 +194,11 @@ impl Pool {
                         module: stored.module,
                         input,
                         reply: Reply::Detached,
+                        pri: stored.priority,
+                        retry: Retry {
+                            left: stored.retries,
+                            kills: 0,
+                        },
                     });
                 }
                 (JobStatus::Processing, _) => {

@@ -465,7 +465,18 @@ impl Pool {
             if let Some(reply) = running.reply {
                 warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");
                 let msg = format!("child {pid} {how} while running the job");
-                self.refuse(reply, running.id, Reason::Error, msg);
+                let lost = super::retry::Lost {
+                    id: running.id,
+                    reply,
+                    pri: running.pri,
+                    retry: running.retry,
+                    resend: running.resend,
+                    pid: slot.pid,
+                };
+                // Jobs behind it go back first: a retried job joins the
+                // front of its lane after them, so it runs before them.
+                self.requeue(std::mem::take(&mut jobs));
+                self.retry_or_fail(lost, Reason::Error, msg);
             } else {
                 info!(pid = slot.pid, job = running.id, %how, "child killed for its job exited");
             }

@@ -22,6 +22,8 @@
 //! - `breaker.rs`: the start-up failure and crash-loop policy (pure).
 //! - `recycle.rs`: retiring (job count, RSS), idle shrink, rolling restart.
 //! - `ops.rs`: status, result, start, cancel, list; time limits.
+//! - `queue.rs`: the queue, a FIFO lane per priority.
+//! - `retry.rs`: running an idempotent job again, and poison jobs.
 //! - `shutdown.rs`: the drain and the hurried stop.
 //! - `durable.rs`: `--state-dir`: changes to the job store, acks that wait
 //!   for the disk, the restart.
@@ -32,7 +34,7 @@
 use crate::child::ChildCtl;
 use crate::config::Config;
 use crate::events::{Event, Events};
-use crate::job::{JobId, Queued, Reply};
+use crate::job::{JobId, Reply};
 use crate::metrics::Metrics;
 use crate::table::{JobTable, Limits};
 use bytes::Bytes;
@@ -56,7 +58,9 @@ mod lifecycle;
 #[cfg(test)]
 mod model;
 mod ops;
+mod queue;
 mod recycle;
+mod retry;
 mod shutdown;
 mod stats;
 #[cfg(test)]
@@ -131,9 +135,13 @@ struct Held {
     /// still holds it): whatever the child says of it later is dropped.
     reply: Option<Reply>,
     /// Module and input of a job sent behind a running one, kept to re-queue
-    /// it if the child never starts it (`None` for a job sent to a free
-    /// child: it starts at once).
+    /// it if the child never starts it, or of one that may be retried
+    /// (`None` for any other job sent to a free child: it starts at once).
     resend: Option<(String, Bytes)>,
+    /// Its lane, for a re-queue.
+    pri: taskmaster_proto::Priority,
+    /// Its retries.
+    retry: crate::job::Retry,
 }
 
 #[derive(Default)]
@@ -147,6 +155,8 @@ struct Counters {
     spawned: u64,
     exited: u64,
     startup_failures: u64,
+    retried: u64,
+    poisoned: u64,
 }
 
 struct Pool {
@@ -157,7 +167,7 @@ struct Pool {
     /// Ready children without a job; the most recently freed first, so a
     /// warm child takes the next job.
     idle: VecDeque<ChildId>,
-    queue: VecDeque<Queued>,
+    queue: queue::Queue,
     starting: usize,
     /// Children holding at least one job.
     busy: usize,
@@ -228,7 +238,7 @@ pub fn start(
         handle: handle.clone(),
         children: HashMap::new(),
         idle: VecDeque::new(),
-        queue: VecDeque::new(),
+        queue: queue::Queue::default(),
         starting: 0,
         busy: 0,
         prefetched: 0,

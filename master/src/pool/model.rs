@@ -617,6 +617,7 @@ impl Case {
                 detach: later,
                 start_later: later,
                 timeout_ms,
+                ..SubmitOptions::default()
             },
             reply: Reply::Conn(ConnReply {
                 tx: self.tx.clone(),

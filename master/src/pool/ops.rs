@@ -108,8 +108,7 @@ impl Pool {
                 );
             }
             _ => {
-                if let Some(pos) = self.queue.iter().position(|q| q.id == job) {
-                    let queued = self.queue.remove(pos).expect("position is in range");
+                if let Some(queued) = self.queue.remove(job) {
                     self.finish(
                         job,
                         Some(queued.reply),
@@ -162,6 +161,14 @@ impl Pool {
         let Some(reply) = held.reply.take() else {
             return;
         };
+        let lost = super::retry::Lost {
+            id: job,
+            reply,
+            pri: held.pri,
+            retry: held.retry,
+            resend: held.resend.take(),
+            pid: slot.pid,
+        };
         let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
         slot.kill_cause = Some(format!("killed: job {job} {reason}"));
         // A timed-out job's child gets SIGTERM first (SIGKILL after a short
@@ -174,11 +181,13 @@ impl Pool {
         let _ = slot.ctl.send(ctl);
         self.set_state(child, State::Stopping);
         warn!(pid = %pid, job, %reason, "killing child for its job");
-        self.finish(
-            job,
-            Some(reply),
-            End::Failed(reason, format!("{message}; child {pid} killed")),
-        );
+        let message = format!("{message}; child {pid} killed");
+        if reason == Reason::Timeout {
+            // An idempotent job runs again past its time limit.
+            self.retry_or_fail(lost, reason, message);
+        } else {
+            self.finish(job, Some(lost.reply), End::Failed(reason, message));
+        }
     }
 
     pub(super) fn job_timed_out(&mut self, job: JobId) {

@@ -229,8 +229,9 @@ impl Pool {
     }
 }
 
-/// A process's resident memory, from `/proc/PID/status`.
-fn rss_bytes(pid: u32) -> Option<u64> {
+/// A process's resident memory, from `/proc/PID/status` (also shown
+/// per child in the stats).
+pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

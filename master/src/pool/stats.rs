@@ -1,7 +1,8 @@
-//! What the pool reports about itself: `/healthz` and the stats JSON.
+//! What the pool reports about itself: `/healthz` and the stats JSON,
+//! with a line per child for `taskmaster top`.
 
 use super::*;
-use taskmaster_proto::stats::{ChildStats, JobStats, PoolStats, QueueStats};
+use taskmaster_proto::stats::{ChildInfo, ChildStats, JobStats, PoolStats, QueueStats};
 use taskmaster_proto::Stats;
 
 impl Pool {
@@ -26,6 +27,7 @@ impl Pool {
                 busy: self.busy,
                 idle: self.idle.len(),
                 starting: self.starting,
+                children: self.child_infos(),
             },
             queue: QueueStats {
                 len: self.backlog(),
@@ -39,6 +41,8 @@ impl Pool {
                 cancelled: self.counters.cancelled,
                 start_later: self.table.start_later(),
                 kept: self.table.kept(),
+                retried: self.counters.retried,
+                poisoned: self.counters.poisoned,
                 failed_by_reason: self
                     .counters
                     .by_reason
@@ -53,5 +57,49 @@ impl Pool {
             },
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
         }
+    }
+
+    /// Each child as the stats show it, oldest first.
+    ///
+    /// Its resident memory is read from `/proc` here, one small file per
+    /// child and stats request, on the actor's thread but never on the
+    /// job path: a caller polling stats in a tight loop pays for it, a
+    /// `taskmaster top` once a second does not notice.
+    fn child_infos(&self) -> Vec<ChildInfo> {
+        let mut ids: Vec<ChildId> = self.children.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| {
+                let slot = &self.children[&id];
+                let front = slot.jobs.front();
+                // The job table knows its module. A job already answered
+                // and forgotten there (cancelled or timed out under
+                // `--forget-answered`) may still be held by the child for
+                // a moment: then the module is the held copy of a
+                // prefetched job's, or left out.
+                let module = front.and_then(|held| {
+                    self.table
+                        .get(held.id)
+                        .map(|r| r.module().to_owned())
+                        .or_else(|| held.resend.as_ref().map(|(m, _)| m.clone()))
+                });
+                ChildInfo {
+                    id,
+                    pid: slot.pid,
+                    state: match slot.state {
+                        State::Starting => "starting",
+                        State::Idle => "idle",
+                        State::Busy => "busy",
+                        State::Stopping => "stopping",
+                    }
+                    .to_owned(),
+                    job: front.map(|held| self.table.id(held.id)),
+                    module,
+                    prefetched: slot.jobs.len().saturating_sub(1),
+                    jobs_run: slot.jobs_done,
+                    rss_bytes: slot.pid.and_then(recycle::rss_bytes),
+                }
+            })
+            .collect()
     }
 }

@@ -111,6 +111,8 @@ fn to_master() -> Vec<(&'static str, ToMaster)> {
                     detach: true,
                     start_later: true,
                     timeout_ms: Some(1500),
+                    priority: taskmaster_proto::Priority::High,
+                    retries: 2,
                 },
                 input: Bytes::from_static(b"100"),
             },
@@ -125,6 +127,7 @@ fn to_master() -> Vec<(&'static str, ToMaster)> {
                     detach: false,
                     start_later: false,
                     timeout_ms: Some(0),
+                    ..SubmitOptions::default()
                 },
                 input: Bytes::new(),
             },
