@@ -165,41 +165,32 @@ impl Pool {
         for (id, mut stored) in jobs {
             let module: Arc<str> = Arc::from(stored.module.as_str());
             let input = stored.input.take();
-            let waiting = matches!(stored.status, JobStatus::Queued | JobStatus::StartLater);
-            if waiting && input.is_none() {
+            let waits = matches!(stored.status, JobStatus::Queued | JobStatus::StartLater);
+            if waits && input.is_none() {
                 stored.status = JobStatus::Processing;
             }
             self.table.insert_stored(id, module, &stored);
-            match (stored.status, input) {
-                (JobStatus::StartLater, Some(input)) => {
+            let waiting = input.map(|input| Queued {
+                id,
+                module: stored.module.clone(),
+                input,
+                reply: Reply::Detached,
+                pri: stored.priority,
+                retry: Retry {
+                    left: stored.retries,
+                    kills: 0,
+                },
+            });
+            match (stored.status, waiting) {
+                (JobStatus::StartLater, Some(job)) => {
                     held += 1;
                     if let Some(r) = self.table.get_mut(id) {
-                        r.parked = Some(Box::new(Queued {
-                            id,
-                            module: stored.module,
-                            input,
-                            reply: Reply::Detached,
-                            pri: stored.priority,
-                            retry: Retry {
-                                left: stored.retries,
-                                kills: 0,
-                            },
-                        }));
+                        r.parked = Some(Box::new(job));
                     }
                 }
-                (JobStatus::Queued, Some(input)) => {
+                (JobStatus::Queued, Some(job)) => {
                     queued += 1;
-                    self.queue.push_back(Queued {
-                        id,
-                        module: stored.module,
-                        input,
-                        reply: Reply::Detached,
-                        pri: stored.priority,
-                        retry: Retry {
-                            left: stored.retries,
-                            kills: 0,
-                        },
-                    });
+                    self.queue.push_back(job);
                 }
                 (JobStatus::Processing, _) => {
                     lost += 1;
