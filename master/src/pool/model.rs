@@ -1,6 +1,6 @@
 //! Model-based test of the pool actor: proptest drives random sequences of
 //! operations (submit echo/sleep/crash/hang jobs, with or without a time
-//! limit or `start-later`; advance time; a part; crash a child; cancel;
+//! limit, `start-later`, a priority or retries; advance time; a part; crash a child; cancel;
 //! start; SIGHUP; shutdown) against the real actor, with fake children that
 //! follow the child protocol (tokio tasks, paused time, one current-thread
 //! runtime per case).
@@ -19,7 +19,8 @@
 //!   idle;
 //! - jobs: every accepted job is in the table in exactly one status (the
 //!   per-status lists partition the full list and agree with `status`), a
-//!   status only moves forward and a finished one never changes; a job is
+//!   status only moves forward (but a job with retries may go from
+//!   processing back to queued) and a finished one never changes; a job is
 //!   finished exactly when its final answer has been sent; a running job
 //!   whose time limit has passed has been answered `timeout`; the job
 //!   counters agree with the answers;
@@ -27,7 +28,7 @@
 //!   part after it, and the answer fits what happened to the job (`ok` only
 //!   for echo/sleep with its input as output, `cancelled` exactly when a
 //!   cancel said ok, `timeout` only with a time limit, `error` only after a
-//!   crash or at shutdown, `overload` only at submit, `shutting-down` only
+//!   crash or at shutdown, or as "poison job" for a job with retries, `overload` only at submit, `shutting-down` only
 //!   after shutdown).
 //!
 //! At the end the pool is shut down (if no step did) and time advanced
@@ -45,7 +46,7 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use taskmaster_proto::jobs::{JobStatus, Outcome, SubmitOptions};
+use taskmaster_proto::jobs::{JobStatus, Outcome, Priority, SubmitOptions};
 use taskmaster_proto::messages::ToClient;
 use taskmaster_proto::{Reason, SECRET_LEN};
 use tokio::sync::{mpsc, oneshot};
@@ -329,6 +330,10 @@ enum Step {
         timeout_ms: Option<u64>,
         /// Held until started.
         later: bool,
+        /// Its lane.
+        priority: Priority,
+        /// Runs again after a death or its time limit.
+        retries: u32,
     },
     /// Submit a job with a time limit, then advance past it.
     Timeout {
@@ -374,6 +379,7 @@ struct JobM {
     input: Bytes,
     timeout: Option<u64>,
     later: bool,
+    retries: u32,
     /// `None` until the table has been looked at after the submit.
     accepted: Option<bool>,
     /// The immediate answer of a start-later (detached) submit.
@@ -452,7 +458,8 @@ struct Case {
     /// Job `n` is `jobs[n - 1]`: the pool numbers submits in order.
     jobs: Vec<JobM>,
     crashes: u64,
-    /// Crash steps that hit a child before it was ready.
+    /// Crash steps that hit a child before it was ready, and children a
+    /// SIGHUP found starting (retired as soon as they are ready).
     startup_crashes: u64,
     shutdown: bool,
     stopped: bool,
@@ -571,6 +578,7 @@ impl Case {
                         // submit by a tripped breaker (crashes before).
                         Reason::Error => {
                             m.kind == Kind::Crash
+                                || (m.retries > 0 && message.starts_with("poison job"))
                                 || crashes > m.crashes_at_submit
                                 || (crashes > 0 && m.accepted != Some(true))
                                 || shutdown
@@ -592,7 +600,13 @@ impl Case {
             .ok_or_else(|| format!("an answer for unknown tag {tag}"))
     }
 
-    fn submit(&mut self, kind: Kind, timeout_ms: Option<u64>, later: bool) {
+    fn submit(
+        &mut self,
+        kind: Kind,
+        timeout_ms: Option<u64>,
+        later: bool,
+        (priority, retries): (Priority, u32),
+    ) {
         if self.shutdown && lock(&self.world).children.is_empty() {
             // The pool may have stopped: nobody would answer.
             return;
@@ -617,7 +631,8 @@ impl Case {
                 detach: later,
                 start_later: later,
                 timeout_ms,
-                ..SubmitOptions::default()
+                priority,
+                retries,
             },
             reply: Reply::Conn(ConnReply {
                 tx: self.tx.clone(),
@@ -635,6 +650,7 @@ impl Case {
             input,
             timeout: timeout_ms,
             later,
+            retries,
             accepted: None,
             ack: ack_rx,
             finals: Vec::new(),
@@ -652,9 +668,11 @@ impl Case {
                 kind,
                 timeout_ms,
                 later,
-            } => self.submit(kind, timeout_ms, later),
+                priority,
+                retries,
+            } => self.submit(kind, timeout_ms, later, (priority, retries)),
             Step::Timeout { kind, ms } => {
-                self.submit(kind, Some(ms), false);
+                self.submit(kind, Some(ms), false, (Priority::Normal, 0));
                 self.settle().await;
                 self.check().await?;
                 tokio::time::sleep(Duration::from_millis(ms + 5)).await;
@@ -776,7 +794,14 @@ impl Case {
                 }
             }
             Step::Restart => {
-                self.restart_mark = Some(lock(&self.world).max_id);
+                let w = lock(&self.world);
+                self.restart_mark = Some(w.max_id);
+                // A child starting now belongs to the old generation: the
+                // rolling restart retires it as soon as it is ready, so
+                // the job admitted for it (as room) waits elsewhere, like
+                // one admitted for a child that died starting.
+                self.startup_crashes += w.children.values().filter(|c| !c.ready).count() as u64;
+                drop(w);
                 self.pool.restart();
             }
             Step::Shutdown => {
@@ -1013,8 +1038,10 @@ impl Case {
             if status == JobStatus::StartLater {
                 start_later += 1;
             }
+            // A retried job goes from processing back to queued.
+            let retried = m.retries > 0 && status == JobStatus::Queued && m.rank == 2;
             ensure!(
-                rank(status) >= m.rank,
+                rank(status) >= m.rank || retried,
                 "job {job} went back to {status} (from rank {})",
                 m.rank
             );
@@ -1207,8 +1234,20 @@ fn kind() -> impl Strategy<Value = Kind> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        30 => (kind(), prop::option::weighted(0.25, 20u64..1500), prop::bool::weighted(0.15))
-            .prop_map(|(kind, timeout_ms, later)| Step::Submit { kind, timeout_ms, later }),
+        30 => (
+            kind(),
+            prop::option::weighted(0.25, 20u64..1500),
+            prop::bool::weighted(0.15),
+            prop_oneof![Just(Priority::High), Just(Priority::Normal), Just(Priority::Low)],
+            prop_oneof![6 => Just(0u32), 1 => 1u32..4, 1 => Just(10u32)],
+        )
+            .prop_map(|(kind, timeout_ms, later, priority, retries)| Step::Submit {
+                kind,
+                timeout_ms,
+                later,
+                priority,
+                retries,
+            }),
         4 => (kind(), 10u64..500).prop_map(|(kind, ms)| Step::Timeout { kind, ms }),
         16 => prop_oneof![4 => 1u64..500, 1 => 500u64..5000].prop_map(Step::Advance),
         4 => any::<usize>().prop_map(Step::Part),
@@ -1304,6 +1343,8 @@ fn second_sighup_while_the_fresh_child_starts() {
             kind: Kind::Crash,
             timeout_ms: None,
             later: false,
+            priority: Priority::Normal,
+            retries: 0,
         },
         Step::Restart,
         Step::Advance(10),
@@ -1321,5 +1362,57 @@ fn rolling_restart_stays_within_one_above_pool_max() {
     let steps = [Step::Advance(10), Step::Restart, Step::Advance(6)];
     if let Err(e) = run(small(2, 2), &steps) {
         panic!("{e}");
+    }
+}
+
+/// Found by the model (8,000 cases): with `--job-max 0`, jobs admitted for
+/// three starting children, one of which a SIGHUP restart retires as soon
+/// as it is ready; the job admitted for it waits in another child's window
+/// (it was the model's bound that was wrong, not the pool; also with every
+/// job at one priority).
+#[test]
+fn a_child_retired_by_a_restart_as_it_starts_is_no_room() {
+    for all_normal in [true, false] {
+        let pri = |p: Priority| if all_normal { Priority::Normal } else { p };
+        let sub = |kind: Kind, p: Priority| Step::Submit {
+            kind,
+            timeout_ms: None,
+            later: false,
+            priority: pri(p),
+            retries: 0,
+        };
+        let setup = Setup {
+            pool_start: 0,
+            pool_max: 3,
+            job_max: 0,
+            prefetch: 2,
+            grace_ms: 100,
+            idle_timeout_ms: 500,
+            max_jobs_per_child: 0,
+            exit_delay_ms: 1,
+        };
+        let steps = [
+            Step::Restart,
+            Step::Start(16024986228087540346),
+            Step::Crash(8361747200822262260),
+            Step::Advance(156),
+            sub(Kind::Sleep(188), Priority::Low),
+            Step::Start(12776287374863531975),
+            Step::Advance(242),
+            sub(Kind::Hang, Priority::Normal),
+            Step::Advance(1360),
+            Step::Restart,
+            Step::Cancel(8137954144760309307),
+            Step::Restart,
+            sub(Kind::Sleep(374), Priority::High),
+            sub(Kind::Sleep(279), Priority::High),
+            Step::Start(8251734919116457293),
+            sub(Kind::Echo, Priority::High),
+            sub(Kind::Sleep(387), Priority::Low),
+            Step::Advance(170),
+        ];
+        if let Err(e) = run(setup, &steps) {
+            panic!("all_normal {all_normal}: {e}");
+        }
     }
 }
