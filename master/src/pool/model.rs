@@ -947,11 +947,18 @@ impl Case {
         // about to be spawned for this job) as room for one more job; when
         // that child dies before it is ready, or the spawn waits out a
         // back-off after deaths, the job stays queued above job-max until a
-        // child is ready. Tolerated unless `strict_queue`.
+        // child is ready; a SIGHUP retires a child that is starting; a
+        // retried job comes back without admission. Tolerated unless
+        // `strict_queue`.
         let queue_cap = if self.strict_queue {
             s.job_max
         } else {
-            s.job_max + self.startup_crashes as usize + usize::from(self.crashes > 0)
+            // A retry puts its job back among the waiting without
+            // admission (it was admitted once), like a requeue after a crash.
+            s.job_max
+                + self.startup_crashes as usize
+                + usize::from(self.crashes > 0)
+                + stats.jobs.retried as usize
         };
         ensure!(
             stats.queue.len <= queue_cap,
