@@ -35,7 +35,10 @@
 //! until it stops: then every submit, accepted or refused, has exactly one
 //! final answer and every fake has exited.
 //!
-//! `PROPTEST_CASES=N` runs another number of cases (the default is 2000).
+//! `PROPTEST_CASES=N` runs another number of cases (the default is 2000);
+//! the cases are the same on every run (a fixed seed) unless
+//! `PROPTEST_RNG_SEED` says otherwise: `PROPTEST_RNG_SEED=$RANDOM
+//! PROPTEST_CASES=10000` explores.
 
 use crate::child::{ChildCtl, ExitInfo};
 use crate::config::Config;
@@ -1306,7 +1309,20 @@ fn proptest_config() -> ProptestConfig {
         // a debug build on 2 cores.
         2000
     };
-    ProptestConfig { cases, ..default }
+    // The same cases on every run unless asked otherwise, so a landing
+    // never depends on the draw; explore with `PROPTEST_RNG_SEED=$RANDOM`
+    // (and `PROPTEST_CASES`): a failure found that way is kept in
+    // master/proptest-regressions and replayed first on every run.
+    let rng_seed = if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+        default.rng_seed
+    } else {
+        proptest::test_runner::RngSeed::Fixed(0x7a5c_3a57_e2d0_0011)
+    };
+    ProptestConfig {
+        cases,
+        rng_seed,
+        ..default
+    }
 }
 
 proptest! {
