@@ -293,6 +293,52 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             })],
         ),
         (
+            "Reply to a Result request: Failed, reason failed, message \"boom\"",
+            vec![frame(ToClient::Reply {
+                tag: 9,
+                outcome: Outcome::Failed,
+                json: json(&taskmaster_proto::jobs::FailureBody {
+                    id: id(19),
+                    status: JobStatus::Failed,
+                    reason: Reason::Failed,
+                    message: "boom".into(),
+                }),
+                output: Bytes::new(),
+            })],
+        ),
+        (
+            "Reply to a Status request: NotFound",
+            vec![frame(ToClient::Reply {
+                tag: 10,
+                outcome: Outcome::NotFound,
+                json: json(&taskmaster_proto::jobs::ErrorBody {
+                    error: format!(
+                        "no job {} (unknown, evicted, or from another master run)",
+                        id(99)
+                    ),
+                }),
+                output: Bytes::new(),
+            })],
+        ),
+        (
+            "Events request: tag 11, every job",
+            vec![frame(ToMaster::Events {
+                tag: 11,
+                job: String::new(),
+            })],
+        ),
+        (
+            "Event: tag 11, job-started",
+            vec![frame(ToClient::Event {
+                tag: 11,
+                name: "job-started".into(),
+                json: format!(
+                    r#"{{"time":"2026-11-23T10:00:00.125Z","pid":4660,"job":"{}","module":"echo"}}"#,
+                    id(17)
+                ),
+            })],
+        ),
+        (
             "Handler hello: child_id 3, pid 0x1234, secret 32 × ab, modules [\"echo\", \"pid\"]",
             vec![frame(Hello::Handler(HandlerHello {
                 version: 3,

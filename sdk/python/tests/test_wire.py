@@ -180,6 +180,11 @@ class MasterToClient(unittest.TestCase):
              '{"id":"3f9a0c12b7e4-17","status":"completed"}', b"hi"),
             ("Reply to the Cancel request", 7, "conflict",
              '{"id":"3f9a0c12b7e4-17","status":"completed"}', b""),
+            ("Reply to a Result request: Failed", 9, "failed",
+             '{"id":"3f9a0c12b7e4-19","status":"failed","reason":"failed","message":"boom"}', b""),
+            ("Reply to a Status request: NotFound", 10, "not-found",
+             '{"error":"no job 3f9a0c12b7e4-99 (unknown, evicted, or from another master run)"}',
+             b""),
         )
         for title, tag, outcome, text, payload in cases:
             with self.subTest(title):
@@ -189,6 +194,12 @@ class MasterToClient(unittest.TestCase):
                 header = (Writer().variant(6).u64(tag).variant(_wire.OUTCOME_INDEX[outcome])
                           .str(text).getvalue())
                 self.assertEqual(_wire.encode_frame(header, payload), frame)
+
+    def test_event(self) -> None:
+        answer = _wire.decode_answer(body(example("Event: tag 11")))
+        self.assertEqual(answer[:3], (_wire.EVENT, 11, "job-started"))
+        self.assertIn('"job":"3f9a0c12b7e4-17"', answer[3])
+        self.assertEqual(_wire.events_frame(11, ""), example("Events request: tag 11"))
 
     def test_status_reply(self) -> None:
         answer = _wire.decode_answer(body(example("Reply to the Status request")))
