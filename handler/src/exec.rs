@@ -319,31 +319,14 @@ fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     let mut running = true;
     while running {
-        let wanted = |open: bool, flags: PollFlags| if open { flags } else { PollFlags::empty() };
         let (readable, writable) = (PollFlags::POLLIN, PollFlags::POLLOUT);
         let ready: [bool; 5] = {
             let mut fds = [
                 PollFd::new(exited.as_fd(), readable),
-                poll_fd(
-                    pipes.stdin.as_ref(),
-                    &exited,
-                    wanted(pipes.stdin.is_some(), writable),
-                ),
-                poll_fd(
-                    pipes.stdout.as_ref(),
-                    &exited,
-                    wanted(pipes.stdout.is_some(), readable),
-                ),
-                poll_fd(
-                    pipes.stderr.as_ref(),
-                    &exited,
-                    wanted(pipes.stderr.is_some(), readable),
-                ),
-                poll_fd(
-                    pipes.parts.as_ref(),
-                    &exited,
-                    wanted(pipes.parts.is_some(), readable),
-                ),
+                poll_fd(pipes.stdin.as_ref(), &exited, writable),
+                poll_fd(pipes.stdout.as_ref(), &exited, readable),
+                poll_fd(pipes.stderr.as_ref(), &exited, readable),
+                poll_fd(pipes.parts.as_ref(), &exited, readable),
             ];
             if poll(&mut fds, PollTimeout::NONE).is_err() {
                 // EINTR: poll again.

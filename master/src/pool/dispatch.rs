@@ -268,6 +268,10 @@ impl Pool {
     /// If the child's task is already gone (its exit report is on the way),
     /// the job goes back to the queue head.
     pub(super) fn start_job(&mut self, child: ChildId, job: Queued) {
+        // A durable job is "processing" in the store before the child can
+        // see it, even behind a running one: after a crash it fails, it
+        // never runs twice.
+        let after = self.store_put(job.id, JobStatus::Processing, None);
         let slot = self
             .children
             .get_mut(&child)
@@ -278,14 +282,6 @@ impl Pool {
         let resend = (!slot.jobs.is_empty() || job.retry.left > 0)
             .then(|| (job.module.clone(), job.input.clone()));
         let est = self.run_times.estimate(&job.module);
-        // A durable job is "processing" in the store before the child can
-        // see it, even behind a running one: after a crash it fails, it
-        // never runs twice.
-        let after = self.store_put(job.id, JobStatus::Processing, None);
-        let slot = self
-            .children
-            .get_mut(&child)
-            .expect("dispatch target has a slot");
         let ctl = ChildCtl::Job {
             job: job.id,
             module: job.module,
