@@ -58,6 +58,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout.
     Man,
+    /// Lend this host's children to a master (its --agent-listen): runs
+    /// --slots handler children here and serves the master's jobs on them.
+    Agent(crate::agent::AgentArgs),
 }
 
 /// Flags of the master.
@@ -134,6 +137,27 @@ pub struct ServeArgs {
     /// Also serve the HTTP/JSON API on this address (port 0: any free port).
     #[arg(long, env = "TASKMASTER_HTTP", value_name = "ADDR")]
     pub http: Option<String>,
+    /// Accept agents (`taskmaster agent`) lending other hosts' children on
+    /// this socket. Beyond loopback it needs --tls-cert/--tls-key and a
+    /// client token.
+    #[arg(long, env = "TASKMASTER_AGENT_LISTEN", value_name = "ADDR")]
+    pub agent_listen: Option<String>,
+    /// The certificate chain (PEM) agents see on --agent-listen.
+    #[arg(
+        long,
+        env = "TASKMASTER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "TASKMASTER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a job may run before it fails `timeout` and its child is
     /// killed (0: no limit). A submit may ask for its own.
     #[arg(long, env = "TASKMASTER_JOB_TIMEOUT", default_value_t = 0.0, value_name = "SECONDS", value_parser = parse_seconds)]
@@ -329,6 +353,7 @@ impl ServeArgs {
         Config {
             pool_start: self.pool_start,
             pool_max: self.pool_max,
+            agents: self.agent_listen.is_some(),
             job_max: self.job_max,
             handler,
             exec_dir: self.exec_dir.clone(),

@@ -58,6 +58,8 @@ pub struct Config {
     pub pool_start: usize,
     /// Most children at once.
     pub pool_max: usize,
+    /// Agents may join (`--agent-listen`): then `pool-max` may be 0.
+    pub agents: bool,
     /// Most jobs waiting in the queue.
     pub job_max: usize,
     /// The handler program.
@@ -179,7 +181,7 @@ pub fn resolve_ids(cfg: &Config) -> Result<(Option<u32>, Option<u32>), ConfigErr
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `--pool-max 0`.
-    #[error("--pool-max must be at least 1")]
+    #[error("--pool-max must be at least 1 (0 only with --agent-listen)")]
     PoolMaxZero,
     /// `--pool-start` above `--pool-max`.
     #[error("--pool-start ({start}) must not exceed --pool-max ({max})")]
@@ -227,6 +229,14 @@ pub enum ConfigError {
         /// The address.
         addr: SocketAddr,
     },
+    /// `--agent-listen` beyond loopback without TLS or a token.
+    #[error("refusing --agent-listen {addr} (not loopback) without {missing}: agents beyond loopback need TLS and the client token")]
+    AgentsExposed {
+        /// The address.
+        addr: SocketAddr,
+        /// `--tls-cert/--tls-key`, a client token, or both.
+        missing: &'static str,
+    },
     /// The token file cannot be used.
     #[error("--token-file: {0}")]
     TokenFile(String),
@@ -260,7 +270,7 @@ pub enum ConfigError {
 impl Config {
     /// Checks the pool bounds, payload limit and handler program.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.pool_max == 0 {
+        if self.pool_max == 0 && !self.agents {
             return Err(ConfigError::PoolMaxZero);
         }
         if self.pool_start > self.pool_max {
@@ -318,13 +328,25 @@ pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigErr
     let Some(dir) = cfg.exec_dir.clone() else {
         return Ok(None);
     };
+    let (absolute, names) = exec_dir_modules(&cfg.handler, &dir)?;
+    cfg.exec_dir = Some(absolute);
+    Ok(Some(names))
+}
+
+/// [`check_exec_dir`] for `handler` and `dir`: the directory made absolute,
+/// and its module names.
+pub fn exec_dir_modules(
+    handler: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(PathBuf, Vec<String>), ConfigError> {
+    let dir = dir.to_path_buf();
     let err = |why: String| ConfigError::ExecDir {
         dir: dir.clone(),
         why,
     };
     let absolute = std::fs::canonicalize(&dir).map_err(|e| err(e.to_string()))?;
     std::fs::read_dir(&absolute).map_err(|e| err(e.to_string()))?;
-    let child = std::process::Command::new(&cfg.handler)
+    let child = std::process::Command::new(handler)
         .arg("--list-modules")
         .arg("--exec-dir")
         .arg(&absolute)
@@ -334,13 +356,13 @@ pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigErr
         .env_remove(taskmaster_proto::handshake::TOKEN_ENV)
         .env_remove(taskmaster_proto::handshake::TOKEN_FILE_ENV)
         .spawn()
-        .map_err(|e| err(format!("cannot run {}: {e}", cfg.handler.display())))?;
+        .map_err(|e| err(format!("cannot run {}: {e}", handler.display())))?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait_with_output()));
     let output = match rx.recv_timeout(LIST_MODULES_LIMIT) {
         Ok(Ok(output)) => output,
-        Ok(Err(e)) => return Err(err(format!("waiting for {}: {e}", cfg.handler.display()))),
+        Ok(Err(e)) => return Err(err(format!("waiting for {}: {e}", handler.display()))),
         Err(_) => {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -348,7 +370,7 @@ pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigErr
             );
             return Err(err(format!(
                 "{} --list-modules did not answer within {LIST_MODULES_LIMIT:?}",
-                cfg.handler.display()
+                handler.display()
             )));
         }
     };
@@ -363,15 +385,15 @@ pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigErr
         return Err(err(if why.is_empty() {
             format!(
                 "{} --list-modules failed ({})",
-                cfg.handler.display(),
+                handler.display(),
                 output.status
             )
         } else {
             why.to_owned()
         }));
     }
-    cfg.exec_dir = Some(absolute);
-    Ok(Some(
+    Ok((
+        absolute,
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter(|l| !l.is_empty())
@@ -380,7 +402,8 @@ pub fn check_exec_dir(cfg: &mut Config) -> Result<Option<Vec<String>>, ConfigErr
     ))
 }
 
-fn check_executable(path: &PathBuf) -> Result<(), ConfigError> {
+/// The handler program exists and may be run.
+pub fn check_executable(path: &PathBuf) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |why: String| ConfigError::Handler {
         path: path.clone(),

@@ -64,6 +64,8 @@
 //!   - `stats.rs`: `taskmaster stats`.
 //!   - `bench.rs`: `taskmaster bench`, the load generator.
 
+pub mod agent;
+pub mod agents;
 pub mod child;
 pub mod cli;
 pub mod client;
@@ -82,4 +84,5 @@ pub mod session;
 pub mod signals;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod types;

@@ -174,6 +174,11 @@ async fn handle(
                 writer: write,
             },
         ),
+        Ok(Hello::Agent(hello)) => warn!(
+            %peer,
+            agent = %hello.name,
+            "an agent said hello on the client socket; agents connect to --agent-listen; closing"
+        ),
         Ok(Hello::Client(hello)) => {
             let slot = cfg.connections.clone().try_acquire_owned().ok();
             if slot.is_none() {

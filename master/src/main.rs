@@ -31,7 +31,23 @@ async fn run_client(command: Command) -> ExitCode {
         Command::Bench(args) => bench::run(args).await,
         Command::Completions(args) => generated::completions(args, Cli::command()),
         Command::Man => generated::man(Cli::command()),
+        Command::Agent(args) => {
+            init_logging();
+            taskmaster::agent::run(args).await
+        }
     }
+}
+
+/// Log lines on stderr, `RUST_LOG` or `info`.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 /// Lifts the soft open-file limit to the hard one: every child and client
@@ -136,6 +152,37 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(format!("--http: {e}")),
     };
+    let agents = match cli
+        .serve
+        .agent_listen
+        .as_deref()
+        .map(config::bind)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => return usage_error(format!("--agent-listen: {e}")),
+    };
+    let tls = match (&cli.serve.tls_cert, &cli.serve.tls_key) {
+        (Some(cert), Some(key)) => match taskmaster::tls::acceptor(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => return usage_error(e),
+        },
+        _ => None,
+    };
+    // An agent runs whatever jobs it is sent and sees their data: beyond
+    // loopback only over TLS and with the token, never `--insecure`.
+    if let Some(addr) = agents.as_ref().and_then(|l| l.local_addr().ok()) {
+        let missing = match (tls.is_some(), cfg.token.is_some()) {
+            _ if addr.ip().is_loopback() => None,
+            (true, true) => None,
+            (false, true) => Some("--tls-cert/--tls-key"),
+            (true, false) => Some("a client token (--token-file or TASKMASTER_TOKEN)"),
+            (false, false) => Some("--tls-cert/--tls-key and a client token"),
+        };
+        if let Some(missing) = missing {
+            return usage_error(config::ConfigError::AgentsExposed { addr, missing });
+        }
+    }
     // Anyone who can reach a non-loopback socket could submit jobs: not
     // without a token, unless asked for in so many words.
     if cfg.token.is_none() && !cli.serve.insecure {
@@ -148,14 +195,7 @@ fn main() -> ExitCode {
         }
     }
     raise_open_file_limit();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     if let (Some(dir), Some(names)) = (&cfg.exec_dir, &exec_modules) {
         tracing::info!(dir = %dir.display(), modules = ?names, "modules of the handler with --exec-dir");
     }
@@ -166,7 +206,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(taskmaster::server::run(cfg, listener, http, store, notify)) {
+    let listeners = taskmaster::server::Listeners {
+        main: listener,
+        http,
+        agents: agents.map(|l| (l, tls)),
+    };
+    match rt.block_on(taskmaster::server::run(cfg, listeners, store, notify)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "master failed");

@@ -13,6 +13,8 @@ use std::sync::atomic::AtomicU64;
 use taskmaster_proto::{Reason, Stats};
 
 type Labels = Vec<(&'static str, &'static str)>;
+/// An agent's name as a label (names are the agents' own, so owned).
+type AgentLabels = Vec<(&'static str, String)>;
 
 /// Every metric the master exports.
 pub struct Metrics {
@@ -50,6 +52,9 @@ struct Gauges {
     queue_max: Gauge,
     start_later: Gauge,
     kept: Gauge,
+    agent_slots: Family<AgentLabels, Gauge>,
+    agent_children: Family<AgentLabels, Gauge>,
+    agent_busy: Family<AgentLabels, Gauge>,
     uptime: Gauge<f64, AtomicU64>,
 }
 
@@ -148,8 +153,26 @@ impl Metrics {
             queue_max: gauge("queue_max", "--job-max"),
             start_later: gauge("jobs_start_later", "start-later jobs held"),
             kept: gauge("jobs_kept", "Finished jobs kept in the job table"),
+            agent_slots: Family::default(),
+            agent_children: Family::default(),
+            agent_busy: Family::default(),
             uptime: Gauge::default(),
         };
+        r.register(
+            "agent_slots",
+            "Slots a connected agent offers (--slots)",
+            gauges.agent_slots.clone(),
+        );
+        r.register(
+            "agent_children",
+            "A connected agent's children in the pool",
+            gauges.agent_children.clone(),
+        );
+        r.register(
+            "agent_busy",
+            "A connected agent's children running a job",
+            gauges.agent_busy.clone(),
+        );
         r.register(
             "uptime_seconds",
             "Seconds since the master started",
@@ -202,6 +225,16 @@ impl Metrics {
         set(&g.start_later, stats.jobs.start_later);
         set(&g.kept, stats.jobs.kept);
         g.uptime.set(stats.uptime_secs);
+        // Only the agents connected now: one that left leaves no series.
+        for family in [&g.agent_slots, &g.agent_children, &g.agent_busy] {
+            family.clear();
+        }
+        for a in &stats.agents {
+            let labels = vec![("agent", a.name.clone())];
+            g.agent_slots.get_or_create(&labels).set(i64::from(a.slots));
+            set(&g.agent_children.get_or_create(&labels), a.children);
+            set(&g.agent_busy.get_or_create(&labels), a.busy);
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String");
         text

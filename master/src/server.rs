@@ -19,12 +19,25 @@ pub fn fresh_instance() -> String {
         .collect()
 }
 
+/// The master's bound sockets.
+pub struct Listeners {
+    /// Children and clients.
+    pub main: std::net::TcpListener,
+    /// The HTTP API (`--http`).
+    pub http: Option<std::net::TcpListener>,
+    /// Agents (`--agent-listen`), with TLS if configured.
+    pub agents: Option<(std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+}
+
 /// Runs the master on already-bound listeners until it is stopped;
 /// `notify` tells systemd how it goes (`NOTIFY_SOCKET`).
 pub async fn run(
     cfg: Config,
-    listener: std::net::TcpListener,
-    http: Option<std::net::TcpListener>,
+    Listeners {
+        main: listener,
+        http,
+        agents,
+    }: Listeners,
     store: Option<crate::store::Opened>,
     notify: Option<crate::notify::Notifier>,
 ) -> std::io::Result<()> {
@@ -36,6 +49,14 @@ pub async fn run(
             let l = tokio::net::TcpListener::from_std(l)?;
             info!(addr = %l.local_addr()?, "HTTP API listening");
             Some(l)
+        }
+        None => None,
+    };
+    let agents = match agents {
+        Some((l, tls)) => {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            info!(addr = %l.local_addr()?, tls = tls.is_some(), "agents listening");
+            Some((l, tls))
         }
         None => None,
     };
@@ -72,6 +93,17 @@ pub async fn run(
         handshakes: listener::Handshakes::new(cfg.max_handshakes),
     });
     let token = cfg.token.clone();
+    let agents = agents.map(|(l, tls)| {
+        let cfg = crate::agents::AgentsConfig {
+            token: cfg.token.clone(),
+            tls,
+            max_payload: cfg.max_payload,
+            child_heartbeat: cfg.heartbeat,
+            instance: instance.clone(),
+            committed: launcher.committed.clone(),
+        };
+        (l, Arc::new(cfg))
+    });
     let metrics = Arc::new(Metrics::new());
     crate::child::open_random()?;
     let max_payload = cfg.max_payload;
@@ -100,6 +132,9 @@ pub async fn run(
     }
     let signals = crate::signals::forward(pool.clone());
     tokio::spawn(listener::accept_loop(listener, pool.clone(), listener_cfg));
+    if let Some((l, agents_cfg)) = agents {
+        tokio::spawn(crate::agents::accept_loop(l, pool.clone(), agents_cfg));
+    }
     tokio::select! {
         r = signals => r?,
         r = done => r.map_err(|_| std::io::Error::other("the pool stopped unexpectedly"))?,

@@ -92,6 +92,9 @@ pub enum ExitInfo {
     },
     /// It could not be started at all.
     SpawnFailed(String),
+    /// It ran on an agent whose link is gone; the text says how (its
+    /// agent kills it).
+    Lost(String),
 }
 
 impl ExitInfo {
@@ -109,6 +112,7 @@ impl ExitInfo {
     pub fn describe(&self) -> String {
         match self {
             ExitInfo::SpawnFailed(e) => format!("could not be started: {e}"),
+            ExitInfo::Lost(how) => format!("was lost with its agent ({how})"),
             ExitInfo::Status {
                 code: Some(code), ..
             } => format!("exited with code {code}"),

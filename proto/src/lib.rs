@@ -13,6 +13,8 @@
 //! - [`jobs`]: job ids, statuses, submit options and the JSON bodies of
 //!   job operations, shared with the master's HTTP API.
 //! - [`stats`]: [`Stats`], the `taskmaster stats` figures.
+//! - [`agent`]: the agent link (`taskmaster agent` to `--agent-listen`):
+//!   its hello, its two message enums, its heartbeat pace.
 //! - [`client`]: the async client (many jobs in flight, parts, job
 //!   operations, events, `do_task`).
 //!
@@ -38,6 +40,7 @@
 //!   |     or Failed{reason}      |          or Failed{job}      |
 //! ```
 
+pub mod agent;
 pub mod client;
 pub mod codec;
 pub mod handshake;

@@ -31,6 +31,9 @@ pub enum Hello {
     Handler(HandlerHello),
     /// A service (or the CLI) that will submit jobs.
     Client(ClientHello),
+    /// An agent lending its host's children (only on `--agent-listen`;
+    /// see [`crate::agent`]).
+    Agent(crate::agent::AgentHello),
 }
 
 /// A handler child's hello.

@@ -17,6 +17,26 @@ pub struct Stats {
     pub children: ChildStats,
     /// Seconds since the master started.
     pub uptime_secs: f64,
+    /// Agents connected now (`--agent-listen`), oldest first. Defaults to
+    /// empty so that a newer client still reads an older master's JSON.
+    #[serde(default)]
+    pub agents: Vec<AgentInfo>,
+}
+
+/// One connected agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Its name (`taskmaster agent --name`).
+    pub name: String,
+    /// The address its link comes from.
+    pub address: String,
+    /// The slots it offered (`--slots`).
+    pub slots: u32,
+    /// Its children ready or busy now (fewer than `slots` while it
+    /// replaces one).
+    pub children: usize,
+    /// Its children running a job.
+    pub busy: usize,
 }
 
 /// Children by state.
@@ -49,9 +69,13 @@ pub struct PoolStats {
 pub struct ChildInfo {
     /// The master's number for it (its `--child-id`), known before its pid.
     pub id: u64,
-    /// Its process id, once spawned.
+    /// Its process id, once spawned (on its agent's host for an agent's
+    /// child).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The agent it runs on (absent for the master's own children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// `starting`, `idle`, `busy` or `stopping`. (A string, not an enum,
     /// so that a client never fails on a state a newer master adds.)
     pub state: String,

@@ -25,6 +25,7 @@
 //! `NOTIFY_SOCKET`), `layout` (no import circle in any crate, no source
 //! file over 700 lines).
 
+mod agents;
 mod bench;
 mod cli;
 mod conventions;

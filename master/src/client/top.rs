@@ -304,11 +304,17 @@ fn header_lines(s: &Stats, rate: Option<f64>) -> Vec<Line<'static>> {
             .join("  ")
     };
     let label = |t: &'static str| Span::styled(t, Style::new().bold());
+    // An agent's children are in the pool too; say how many are remote.
+    let remote: usize = s.agents.iter().map(|a| a.children).sum();
+    let agents = match s.agents.len() {
+        0 => String::new(),
+        n => format!(" ({remote} on {n} agents)"),
+    };
     vec![
         Line::from(vec![
             label("pool     "),
             Span::raw(format!(
-                "{} children (start {}, max {})  busy {}  idle {}  starting {}",
+                "{} children{agents} (start {}, max {})  busy {}  idle {}  starting {}",
                 p.size, p.start, p.max, p.busy, p.idle, p.starting
             )),
         ]),
@@ -347,13 +353,19 @@ fn draw_children(f: &mut Frame, area: Rect, children: &[ChildInfo], style: Style
                 "stopping" => Style::new().add_modifier(Modifier::DIM),
                 _ => Style::new(),
             };
+            // An agent's child: its pid is on the agent's host, and it
+            // has no RSS here; the agent's name takes that column.
+            let last = match &c.agent {
+                Some(agent) => Cell::from(Line::from(format!("@{agent}")).right_aligned()),
+                None => right(c.rss_bytes.map_or("-".to_owned(), bytes)),
+            };
             Row::new(vec![
                 right(c.pid.map_or("-".to_owned(), |p| p.to_string())),
                 Cell::from(c.state.clone()).style(state),
                 Cell::from(c.module.clone().unwrap_or_else(|| "-".to_owned())),
                 Cell::from(job),
                 right(c.jobs_run.to_string()),
-                right(c.rss_bytes.map_or("-".to_owned(), bytes)),
+                last,
             ])
         })
         .collect();
@@ -382,7 +394,7 @@ fn draw_children(f: &mut Frame, area: Rect, children: &[ChildInfo], style: Style
         Constraint::Fill(1),
         Constraint::Fill(1),
         Constraint::Length(7),
-        Constraint::Length(7),
+        Constraint::Length(10),
     ];
     let table = Table::new(rows, widths)
         .header(header)
@@ -439,6 +451,7 @@ mod tests {
                 prefetched: i % 3,
                 jobs_run: 12_345,
                 rss_bytes: Some(13 << 20),
+                agent: None,
             })
             .collect();
         s

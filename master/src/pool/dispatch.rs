@@ -131,14 +131,14 @@ impl Pool {
             // job) will take one queued job when ready, so it adds room for
             // waiting.
             let will_grow =
-                self.queue.len() >= self.starting && self.children.len() < self.cfg.pool_max;
+                self.queue.len() >= self.starting && self.local_children() < self.cfg.pool_max;
             let waiting = self.queue.len() + self.prefetched;
             if waiting >= self.cfg.job_max + self.starting + usize::from(will_grow) {
                 return Err((
                     Reason::Overload,
                     format!(
                         "pool at its limit ({} children, {} busy, {} starting) and {} jobs queued (job-max {})",
-                        self.children.len(),
+                        self.local_children(),
                         self.busy,
                         self.starting,
                         self.backlog(),
@@ -365,7 +365,7 @@ impl Pool {
             Prefetch::Fixed(n) => (n, None),
             Prefetch::Auto => (estimate::MAX_WINDOW, Some(estimate::BUDGET)),
         };
-        if self.shutting_down || self.children.len() < self.cfg.pool_max {
+        if self.shutting_down || self.local_children() < self.cfg.pool_max {
             return;
         }
         while self.queue.len() > self.starting && self.idle.is_empty() {

@@ -55,6 +55,39 @@ pub enum PoolCmd {
     Restart,
     /// The shutdown grace period is over.
     GraceExpired,
+    /// An agent's link was accepted.
+    AgentJoined {
+        /// The link's number.
+        id: u64,
+        /// The agent's name.
+        name: Arc<str>,
+        /// Where its link comes from.
+        address: String,
+        /// The slots it offers.
+        slots: u32,
+    },
+    /// A child on an agent is ready: it joins the pool, taking orders
+    /// through `ctl`. The answer is its id, `None` if the pool is
+    /// shutting down or the agent is gone.
+    AgentChild {
+        /// The link's number.
+        agent: u64,
+        /// Its pid on the agent's host.
+        pid: u32,
+        /// Its modules.
+        modules: Vec<String>,
+        /// Where the pool's orders for it go (the link).
+        ctl: mpsc::UnboundedSender<crate::child::ChildCtl>,
+        /// Its id in the pool.
+        tx: oneshot::Sender<Option<ChildId>>,
+    },
+    /// An agent's link is gone (its children's exits were sent first).
+    AgentGone {
+        /// The link's number.
+        id: u64,
+        /// Why.
+        cause: String,
+    },
 }
 
 /// The pool's state as `/healthz` reports it.
@@ -172,5 +205,37 @@ impl PoolHandle {
     /// Reports a child event.
     pub fn child_event(&self, id: ChildId, event: ChildEvent) {
         self.send(PoolCmd::Child { id, event });
+    }
+    /// An agent's link was accepted (`crate::agents`).
+    pub fn agent_joined(&self, id: u64, name: Arc<str>, address: String, slots: u32) {
+        self.send(PoolCmd::AgentJoined {
+            id,
+            name,
+            address,
+            slots,
+        });
+    }
+    /// A ready child on agent `agent` joins the pool; its id, or `None`
+    /// if the pool takes no more (shutting down, or gone).
+    pub async fn agent_child(
+        &self,
+        agent: u64,
+        pid: u32,
+        modules: Vec<String>,
+        ctl: mpsc::UnboundedSender<crate::child::ChildCtl>,
+    ) -> Option<ChildId> {
+        let (tx, rx) = oneshot::channel();
+        self.send(PoolCmd::AgentChild {
+            agent,
+            pid,
+            modules,
+            ctl,
+            tx,
+        });
+        rx.await.ok().flatten()
+    }
+    /// An agent's link is gone (after its children's exits were reported).
+    pub fn agent_gone(&self, id: u64, cause: String) {
+        self.send(PoolCmd::AgentGone { id, cause });
     }
 }

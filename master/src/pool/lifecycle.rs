@@ -51,7 +51,7 @@ impl Pool {
         slot.state = State::Idle;
         slot.idle_since = Instant::now();
         self.idle.push_front(id);
-        if self.idle_check.is_none() && self.children.len() > self.cfg.pool_start {
+        if self.idle_check.is_none() && self.local_children() > self.cfg.pool_start {
             self.idle_check = Some(Instant::now() + self.cfg.idle_timeout);
         }
         self.dispatch_queue();
@@ -81,6 +81,7 @@ impl Pool {
                 idle_since: Instant::now(),
                 started: false,
                 ready_at: None,
+                agent: None,
             },
         );
         self.starting += 1;
@@ -98,8 +99,8 @@ impl Pool {
             return;
         }
         loop {
-            let below_start = self.children.len() < self.cfg.pool_start;
-            let room = self.children.len() < self.cfg.pool_max;
+            let below_start = self.local_children() < self.cfg.pool_start;
+            let room = self.local_children() < self.cfg.pool_max;
             let needed = self.queue.len() > self.starting && room;
             // A broken pool keeps probing (at the back-off pace) so it heals
             // by itself even when nothing is queued and pool-start is 0.
@@ -281,7 +282,16 @@ impl Pool {
             pid,
             ..Event::new("child-ready")
         });
-        self.modules = modules.into_iter().map(Arc::from).collect();
+        let modules = modules.into_iter().map(Arc::from).collect();
+        match slot.agent {
+            None => self.local_modules = modules,
+            Some(agent) => {
+                if let Some(rec) = self.agents.get_mut(&agent) {
+                    rec.modules = modules;
+                }
+            }
+        }
+        self.refresh_modules();
         if self.cfg.start_secs.is_zero() {
             self.mark_started(id);
         } else {
@@ -422,6 +432,9 @@ impl Pool {
         let Some(mut slot) = self.children.remove(&id) else {
             return;
         };
+        if slot.agent.is_some() {
+            self.remote -= 1;
+        }
         self.counters.exited += 1;
         self.metrics.exited.inc();
         match slot.state {
@@ -442,7 +455,7 @@ impl Pool {
         self.events.emit(|| {
             let (code, signal) = match &info {
                 ExitInfo::Status { code, signal, .. } => (*code, *signal),
-                ExitInfo::SpawnFailed(_) => (None, None),
+                ExitInfo::SpawnFailed(_) | ExitInfo::Lost(_) => (None, None),
             };
             Event {
                 pid: slot.pid,
@@ -464,7 +477,13 @@ impl Pool {
             let pid = slot.pid.map_or("?".to_owned(), |p| p.to_string());
             if let Some(reply) = running.reply {
                 warn!(pid = slot.pid, job = running.id, unstarted = jobs.len(), %how, "child died mid-job");
-                let msg = format!("child {pid} {how} while running the job");
+                let msg = match slot.agent {
+                    None => format!("child {pid} {how} while running the job"),
+                    Some(agent) => format!(
+                        "child {pid} on agent {} {how} while running the job",
+                        self.agent_name(agent)
+                    ),
+                };
                 let lost = super::retry::Lost {
                     id: running.id,
                     reply,
@@ -485,9 +504,15 @@ impl Pool {
             // A child lost mid-job took work, so it was no start-up
             // failure (the job's own fault, or a kill): replaced at once,
             // with no back-off.
-            if !self.shutting_down && self.children.len() < self.cfg.pool_max {
+            if slot.agent.is_none()
+                && !self.shutting_down
+                && self.local_children() < self.cfg.pool_max
+            {
                 self.spawn_child();
             }
+        } else if let Some(agent) = slot.agent {
+            let name = self.agent_name(agent);
+            info!(pid = slot.pid, child = id, agent = %name, %how, "agent's child exited");
         } else if self.shutting_down || slot.state == State::Stopping {
             info!(pid = slot.pid, child = id, %how, "child exited");
         } else if slot.started

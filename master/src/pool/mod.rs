@@ -25,6 +25,8 @@
 //! - `queue.rs`: the queue, a FIFO lane per priority.
 //! - `retry.rs`: running an idempotent job again, and poison jobs.
 //! - `shutdown.rs`: the drain and the hurried stop.
+//! - `agents.rs`: agents' children joining and leaving the pool
+//!   (`--agent-listen`).
 //! - `durable.rs`: `--state-dir`: changes to the job store, acks that wait
 //!   for the disk, the restart.
 //! - `stats.rs`: `/healthz` and the stats JSON.
@@ -49,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 use tracing::info;
 
+mod agents;
 mod breaker;
 mod dispatch;
 mod durable;
@@ -122,6 +125,10 @@ struct Slot {
     started: bool,
     /// When it said hello.
     ready_at: Option<Instant>,
+    /// The agent it runs on (`None`: the master's own child). Such a slot
+    /// is not counted against `pool-max`, never respawned by the pool
+    /// (its agent replaces it), and its pid is on another host.
+    agent: Option<u64>,
 }
 
 /// A job sent to a child.
@@ -193,7 +200,13 @@ struct Pool {
     /// A rolling restart is under way (for its "done" line).
     restarting: bool,
     events: Events,
-    /// Module names the children run (all run the same handler program).
+    /// Agents connected now (`--agent-listen`), by link number.
+    agents: BTreeMap<u64, agents::AgentRec>,
+    /// Children in `children` that run on agents.
+    remote: usize,
+    /// Module names the master's own children run.
+    local_modules: HashSet<Arc<str>>,
+    /// Module names the children run: the master's own and its agents'.
     /// (Shared strings: each job's record points at its module's name
     /// instead of copying it.)
     modules: HashSet<Arc<str>>,
@@ -255,6 +268,9 @@ pub fn start(
         restarting: false,
         events,
         modules: HashSet::new(),
+        agents: BTreeMap::new(),
+        remote: 0,
+        local_modules: HashSet::new(),
         counters: Counters::default(),
         started_at: Instant::now(),
         ready_logged: false,
@@ -333,6 +349,22 @@ impl Pool {
                 PoolCmd::Shutdown => self.shutdown(),
                 PoolCmd::Restart => self.restart(),
                 PoolCmd::GraceExpired => self.grace_expired(),
+                PoolCmd::AgentJoined {
+                    id,
+                    name,
+                    address,
+                    slots,
+                } => self.agent_joined(id, name, address, slots),
+                PoolCmd::AgentChild {
+                    agent,
+                    pid,
+                    modules,
+                    ctl,
+                    tx,
+                } => {
+                    let _ = tx.send(self.agent_child(agent, pid, modules, ctl));
+                }
+                PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
             }
             if self.shutting_down && self.children.is_empty() {
                 // Outcomes still on their way to the disk get there first.

@@ -38,13 +38,19 @@ impl Pool {
         let live = |p: &Pool| {
             p.children
                 .values()
-                .filter(|s| s.state != State::Stopping && !s.retire_when_free)
+                .filter(|s| s.agent.is_none() && s.state != State::Stopping && !s.retire_when_free)
                 .count()
         };
         while live(self) > self.cfg.pool_start {
             // The idle list is most-recently-freed first: the back has
             // waited longest.
-            let Some(&oldest) = self.idle.back() else {
+            // (An agent's children are its own to keep.)
+            let Some(&oldest) = self
+                .idle
+                .iter()
+                .rev()
+                .find(|c| self.children[*c].agent.is_none())
+            else {
                 return;
             };
             let since = self.children[&oldest].idle_since;
@@ -96,7 +102,10 @@ impl Pool {
             .children
             .iter()
             .filter(|(_, s)| {
-                s.generation < self.generation && s.state != State::Stopping && !s.retire_when_free
+                s.agent.is_none()
+                    && s.generation < self.generation
+                    && s.state != State::Stopping
+                    && !s.retire_when_free
             })
             .map(|(&id, _)| id)
             .collect();
@@ -123,7 +132,7 @@ impl Pool {
         }
         // One above pool-max at most: the next fresh child waits until the
         // old one just retired has exited.
-        if old_finishing || self.children.len() > self.cfg.pool_max {
+        if old_finishing || self.local_children() > self.cfg.pool_max {
             return;
         }
         if self.starting > 0 {
@@ -185,7 +194,9 @@ impl Pool {
         if slot.job_limit > 0 && slot.jobs_done >= slot.job_limit {
             why = Some("ran --max-jobs-per-child jobs");
         }
-        if let (Some(limit), Some(pid), None) = (self.cfg.max_child_rss, slot.pid, why) {
+        // (An agent's child's pid is on another host: not ours to read.)
+        let local_pid = slot.pid.filter(|_| slot.agent.is_none());
+        if let (Some(limit), Some(pid), None) = (self.cfg.max_child_rss, local_pid, why) {
             if slot.jobs.is_empty() && rss_bytes(pid).is_some_and(|rss| rss > limit) {
                 why = Some("resident memory above --max-child-rss");
             }

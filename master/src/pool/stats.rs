@@ -56,6 +56,7 @@ impl Pool {
                 startup_failures: self.counters.startup_failures,
             },
             uptime_secs: self.started_at.elapsed().as_secs_f64(),
+            agents: self.agent_infos(),
         }
     }
 
@@ -97,7 +98,11 @@ impl Pool {
                     module,
                     prefetched: slot.jobs.len().saturating_sub(1),
                     jobs_run: slot.jobs_done,
-                    rss_bytes: slot.pid.and_then(recycle::rss_bytes),
+                    rss_bytes: slot
+                        .pid
+                        .filter(|_| slot.agent.is_none())
+                        .and_then(recycle::rss_bytes),
+                    agent: slot.agent.map(|a| self.agent_name(a).to_string()),
                 }
             })
             .collect()

@@ -123,6 +123,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
     let cfg = Config {
         pool_start,
         pool_max,
+        agents: false,
         job_max,
         handler: "fake-handler".into(),
         exec_dir: None,

@@ -1,0 +1,160 @@
+//! Agents' children in the pool (`--agent-listen`, SPEC section 14). An
+//! agent's link (`crate::agents`) tells the pool when the agent joins, when
+//! each of its children is ready, and when it is gone; from then on the
+//! child is a slot like any other, dispatched to first-free, its reports
+//! and exit handled by `lifecycle.rs`. What differs: the agent spawns and
+//! replaces its children (the pool never does), they do not count against
+//! `pool-max`, and their pids are on another host.
+
+use super::*;
+use crate::events::Event;
+use std::collections::{HashSet, VecDeque};
+use taskmaster_proto::stats::AgentInfo;
+use tracing::{info, warn};
+
+/// An agent connected now.
+pub(super) struct AgentRec {
+    pub(super) name: Arc<str>,
+    pub(super) address: String,
+    pub(super) slots: u32,
+    /// The modules its children run.
+    pub(super) modules: HashSet<Arc<str>>,
+}
+
+impl Pool {
+    /// The master's own children (what `pool-start` and `pool-max` bound).
+    pub(super) fn local_children(&self) -> usize {
+        self.children.len() - self.remote
+    }
+
+    /// An agent's name for messages; its link number if it is gone.
+    pub(super) fn agent_name(&self, agent: u64) -> Arc<str> {
+        self.agents
+            .get(&agent)
+            .map_or_else(|| format!("#{agent}").into(), |a| a.name.clone())
+    }
+
+    /// The modules of the master's own children and of every agent's: a
+    /// job for any of them is accepted.
+    pub(super) fn refresh_modules(&mut self) {
+        let mut all = self.local_modules.clone();
+        for agent in self.agents.values() {
+            all.extend(agent.modules.iter().cloned());
+        }
+        self.modules = all;
+    }
+
+    pub(super) fn agent_joined(&mut self, id: u64, name: Arc<str>, address: String, slots: u32) {
+        info!(agent = %name, %address, slots, "agent joined");
+        let message = format!("{name} ({address}), {slots} slots");
+        self.events.emit(|| Event {
+            message: Some(message),
+            ..Event::new("agent-joined")
+        });
+        self.agents.insert(
+            id,
+            AgentRec {
+                name,
+                address,
+                slots,
+                modules: HashSet::new(),
+            },
+        );
+    }
+
+    /// A ready child on agent `agent` joins the pool as an idle slot.
+    pub(super) fn agent_child(
+        &mut self,
+        agent: u64,
+        pid: u32,
+        modules: Vec<String>,
+        ctl: mpsc::UnboundedSender<ChildCtl>,
+    ) -> Option<ChildId> {
+        if self.shutting_down || !self.agents.contains_key(&agent) {
+            return None;
+        }
+        let id = self.next_child;
+        self.next_child += 1;
+        self.children.insert(
+            id,
+            Slot {
+                pid: Some(pid),
+                state: State::Starting,
+                ctl,
+                secret: [0; SECRET_LEN],
+                attached: true,
+                jobs: VecDeque::new(),
+                window: 0,
+                kill_cause: None,
+                generation: self.generation,
+                jobs_done: 0,
+                job_limit: self.job_limit(),
+                retire_when_free: false,
+                idle_since: Instant::now(),
+                // Its start-up is its agent's business: its death is never
+                // a start-up failure of the master's handler, and its first
+                // job does not clear the master's breaker.
+                started: true,
+                ready_at: None,
+                agent: Some(agent),
+            },
+        );
+        self.remote += 1;
+        self.starting += 1;
+        self.child_ready(id, modules);
+        Some(id)
+    }
+
+    /// An agent's link is gone; its children's exits came first (each
+    /// failed its job), so only the record is left.
+    pub(super) fn agent_gone(&mut self, id: u64, cause: String) {
+        let Some(agent) = self.agents.remove(&id) else {
+            return;
+        };
+        let orphans: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, s)| s.agent == Some(id))
+            .map(|(&c, _)| c)
+            .collect();
+        if !orphans.is_empty() {
+            // The link reports every child it announced before it goes;
+            // any left would hold jobs forever.
+            warn!(agent = %agent.name, children = orphans.len(), "agent gone with children still in the pool");
+            for child in orphans {
+                self.child_exited(child, crate::types::ExitInfo::Lost(cause.clone()));
+            }
+        }
+        warn!(agent = %agent.name, address = %agent.address, %cause, "agent lost");
+        let message = format!("{} ({}): {cause}", agent.name, agent.address);
+        self.events.emit(|| Event {
+            message: Some(message),
+            ..Event::new("agent-lost")
+        });
+        self.refresh_modules();
+        // Its queued share waits for the remaining slots; a pure dispatcher
+        // left with none keeps its queue until an agent comes back.
+        self.replenish();
+    }
+
+    pub(super) fn agent_infos(&self) -> Vec<AgentInfo> {
+        self.agents
+            .iter()
+            .map(|(&id, a)| {
+                let mine = self.children.values().filter(|s| s.agent == Some(id));
+                let (mut children, mut busy) = (0, 0);
+                for slot in mine {
+                    children += 1;
+                    busy += usize::from(!slot.jobs.is_empty());
+                }
+                AgentInfo {
+                    name: a.name.to_string(),
+                    address: a.address.clone(),
+                    slots: a.slots,
+                    children,
+                    busy,
+                }
+            })
+            .collect()
+    }
+}
