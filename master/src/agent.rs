@@ -60,6 +60,17 @@ pub struct AgentArgs {
     /// TASKMASTER_TOKEN_FILE, else TASKMASTER_TOKEN).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, how long children may take to finish the jobs
+    /// they hold before they are killed (a second signal kills at once).
+    #[arg(long, env = "TASKMASTER_AGENT_GRACE", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_grace)]
+    pub grace: f64,
+}
+
+fn parse_grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of seconds, got {s:?}")),
+    }
 }
 
 /// First wait before connecting again; it doubles up to [`MAX_BACKOFF`].
@@ -145,19 +156,19 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         token,
         tls,
     };
-    let mut stop = Box::pin(stop_signal());
+    // Counts SIGTERMs and SIGINTs: the first drains, the second kills.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(count_stop_signals(stop_tx));
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let outcome = tokio::select! {
-            r = session(&setup) => r,
-            () = &mut stop => {
-                // Dropping the session drops each child's orders channel:
-                // its task kills it (and the process is killed on drop).
-                info!("agent stopping");
+        // The session watches the signals itself: once children run, a
+        // stop drains them instead of dropping everything.
+        let outcome = session(&setup, stop.clone()).await;
+        match outcome {
+            Ok(Ended::Stopped) => {
+                info!("agent stopped");
                 return ExitCode::SUCCESS;
             }
-        };
-        match outcome {
             Ok(Ended::Lost(cause)) => {
                 warn!(master = %setup.args.connect, %cause, "link to the master lost; children killed; connecting again");
                 backoff = FIRST_BACKOFF;
@@ -166,26 +177,33 @@ pub async fn run(args: AgentArgs) -> ExitCode {
                 error!(master = %setup.args.connect, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot serve the master")
             }
         }
+        if *stop.borrow_and_update() > 0 {
+            return ExitCode::SUCCESS;
+        }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = &mut stop => return ExitCode::SUCCESS,
+            _ = stop.changed() => return ExitCode::SUCCESS,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Counts SIGTERMs and SIGINTs into `count`.
+async fn count_stop_signals(count: tokio::sync::watch::Sender<u32>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
+        // Never drop `count`: its receivers would see a change at once.
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        count.send_modify(|n| *n += 1);
     }
 }
 
@@ -193,6 +211,9 @@ async fn stop_signal() {
 enum Ended {
     /// It was up and is gone (the text says why).
     Lost(String),
+    /// A stop signal ended it (drained, or killed by a second signal or
+    /// at the end of `--grace`).
+    Stopped,
 }
 
 /// Why a link could not be opened.
@@ -214,15 +235,35 @@ enum LinkError {
     Local(std::io::Error),
 }
 
-async fn session(setup: &Setup) -> Result<Ended, LinkError> {
+/// `fut`'s output, or `None` if a stop signal comes first (or came).
+async fn unless_stopped<F: std::future::Future>(
+    fut: F,
+    stop: &mut tokio::sync::watch::Receiver<u32>,
+) -> Option<F::Output> {
+    if *stop.borrow_and_update() > 0 {
+        return None;
+    }
+    tokio::select! {
+        out = fut => Some(out),
+        Ok(()) = stop.changed() => None,
+    }
+}
+
+async fn session(
+    setup: &Setup,
+    mut stop: tokio::sync::watch::Receiver<u32>,
+) -> Result<Ended, LinkError> {
     let addr = &setup.args.connect;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()))
-        .await
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()));
+    let Some(tcp) = unless_stopped(connect, &mut stop).await else {
+        return Ok(Ended::Stopped);
+    };
+    let tcp = tcp
         .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))?
         .map_err(LinkError::Connect)?;
     let _ = tcp.set_nodelay(true);
     match &setup.tls {
-        None => serve(tcp, setup).await,
+        None => serve(tcp, setup, stop).await,
         Some(tls) => {
             let host = addr
                 .rsplit_once(':')
@@ -230,11 +271,14 @@ async fn session(setup: &Setup) -> Result<Ended, LinkError> {
                 .ok_or_else(|| LinkError::Address(addr.clone()))?;
             let server = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|_| LinkError::Address(addr.clone()))?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(server, tcp))
-                .await
+            let handshake = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(server, tcp));
+            let Some(stream) = unless_stopped(handshake, &mut stop).await else {
+                return Ok(Ended::Stopped);
+            };
+            let stream = stream
                 .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))?
                 .map_err(LinkError::Tls)?;
-            serve(stream, setup).await
+            serve(stream, setup, stop).await
         }
     }
 }
@@ -259,7 +303,11 @@ struct Kid {
     ready_at: Option<Instant>,
 }
 
-async fn serve<S>(stream: S, setup: &Setup) -> Result<Ended, LinkError>
+async fn serve<S>(
+    stream: S,
+    setup: &Setup,
+    mut stop: tokio::sync::watch::Receiver<u32>,
+) -> Result<Ended, LinkError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -278,12 +326,14 @@ where
     let mut writer = tokio::spawn(codec::write_batched(write, out_rx, |m, buf| {
         codec::encode(&m, buf)
     }));
-    let (instance, max_payload, heartbeat) = match tokio::time::timeout(
+    let welcome = tokio::time::timeout(
         HELLO_TIMEOUT * 5,
         codec::read_message::<ToAgent, _>(&mut reader),
-    )
-    .await
-    {
+    );
+    let Some(welcome) = unless_stopped(welcome, &mut stop).await else {
+        return Ok(Ended::Stopped);
+    };
+    let (instance, max_payload, heartbeat) = match welcome {
         Err(_) => return Err(LinkError::NoWelcome("none in time".into())),
         Ok(Err(e)) => return Err(LinkError::NoWelcome(e.to_string())),
         Ok(Ok(None)) => return Err(LinkError::NoWelcome("connection closed".into())),
@@ -333,9 +383,11 @@ where
         to_spawn: setup.slots as usize,
         spawn_at: Instant::now(),
         backoff: FIRST_BACKOFF,
+        draining: None,
+        grace: Duration::from_secs_f64(setup.args.grace),
     };
     let ended = agent
-        .run(&mut reader, &mut writer, hello_rx, events_rx)
+        .run(&mut reader, &mut writer, (hello_rx, events_rx), stop)
         .await;
     hellos.abort();
     writer.abort();
@@ -383,6 +435,13 @@ async fn accept_children(
     }
 }
 
+/// What the link's loop hears from its children: hellos on the local
+/// socket, and their tasks' reports.
+type Inbox = (
+    mpsc::UnboundedReceiver<(HandlerHello, ChildConn)>,
+    mpsc::UnboundedReceiver<(ChildId, ChildEvent)>,
+);
+
 /// The link's state: the children and the way to the master.
 struct Agent {
     launcher: ProcessLauncher,
@@ -395,6 +454,10 @@ struct Agent {
     spawn_at: Instant,
     /// The wait after the next child that dies young.
     backoff: Duration,
+    /// Since when it has been draining (a stop signal came).
+    draining: Option<Instant>,
+    /// `--grace`.
+    grace: Duration,
 }
 
 impl Agent {
@@ -402,15 +465,47 @@ impl Agent {
         &mut self,
         reader: &mut FrameReader<R>,
         writer: &mut tokio::task::JoinHandle<Result<(), codec::CodecError>>,
-        mut hellos: mpsc::UnboundedReceiver<(HandlerHello, ChildConn)>,
-        mut events: mpsc::UnboundedReceiver<(ChildId, ChildEvent)>,
+        (mut hellos, mut events): Inbox,
+        mut stop: tokio::sync::watch::Receiver<u32>,
     ) -> Ended {
+        let grace_over = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace_over);
+        // A signal that came while connecting counts.
+        let mut signals_seen = 0;
         let mut beat = tokio::time::interval(LINK_HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silent_limit = (LINK_SILENCE.as_millis() / LINK_HEARTBEAT.as_millis()) as u32;
-        let (mut frames, mut seen_at_beat, mut silent) = (0u64, 0u64, 0u32);
+        let (mut frames, mut seen_at_beat, mut silent) = (0u64, (0u64, 0usize), 0u32);
         let cause = loop {
+            let signals = *stop.borrow_and_update();
+            if signals > signals_seen {
+                signals_seen = signals;
+                if signals >= 2 || self.draining.is_some() {
+                    warn!("second stop signal: killing every child now");
+                    self.kill_all(&mut events).await;
+                    return Ended::Stopped;
+                }
+                info!(
+                    children = self.kids.len(),
+                    grace_secs = self.grace.as_secs_f64(),
+                    "stopping: children finish their jobs, take no more"
+                );
+                self.draining = Some(Instant::now());
+                self.to_spawn = 0;
+                let _ = self.out.send(FromAgent::Draining);
+                grace_over.as_mut().reset(Instant::now() + self.grace);
+            }
+            if self.draining.is_some() && self.kids.is_empty() {
+                info!("every child has finished; stopping");
+                return Ended::Stopped;
+            }
             tokio::select! {
+                Ok(()) = stop.changed() => {}
+                () = &mut grace_over, if self.draining.is_some() => {
+                    warn!(left = self.kids.len(), "grace period over: killing the children left");
+                    self.kill_all(&mut events).await;
+                    return Ended::Stopped;
+                }
                 frame = codec::read_message::<ToAgent, _>(reader) => match frame {
                     Ok(Some(msg)) => {
                         frames += 1;
@@ -418,7 +513,11 @@ impl Agent {
                             break cause;
                         }
                     }
-                    Ok(None) => break "the master closed the link".to_owned(),
+                    Ok(None) if self.draining.is_some() => {
+                    self.kill_all(&mut events).await;
+                    return Ended::Stopped;
+                }
+                Ok(None) => break "the master closed the link".to_owned(),
                     Err(e) => break format!("link broken: {e}"),
                 },
                 r = &mut *writer => break match r {
@@ -429,14 +528,17 @@ impl Agent {
                 Some((hello, conn)) = hellos.recv() => self.hello(hello, conn),
                 () = tokio::time::sleep_until(self.spawn_at), if self.to_spawn > 0 => self.spawn_missing(),
                 _ = beat.tick() => {
-                    if frames == seen_at_beat {
+                    // Bytes of a big frame still arriving count as life:
+                    // a slow link carrying one is not a silent one.
+                    let progress = (frames, reader.read_buffer().len());
+                    if progress == seen_at_beat {
                         silent += 1;
                         if silent > silent_limit {
                             break format!("no heartbeat from the master for {:.1} s", LINK_SILENCE.as_secs_f64());
                         }
                     } else {
                         silent = 0;
-                        seen_at_beat = frames;
+                        seen_at_beat = progress;
                     }
                     let _ = self.out.send(FromAgent::Heartbeat);
                 }
@@ -605,6 +707,9 @@ impl Agent {
     /// Plans a replacement for a child that exited: at once if it had
     /// settled, else after a back-off that doubles while children die young.
     fn replace(&mut self, ready_at: Option<Instant>) {
+        if self.draining.is_some() {
+            return;
+        }
         let settled = ready_at.is_some_and(|t| t.elapsed() >= SETTLED);
         if settled {
             self.backoff = FIRST_BACKOFF;

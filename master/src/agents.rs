@@ -233,7 +233,7 @@ impl Link {
         let mut beat = tokio::time::interval(LINK_HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silent_limit = (LINK_SILENCE.as_millis() / LINK_HEARTBEAT.as_millis()) as u32;
-        let (mut frames, mut seen_at_beat, mut silent) = (0u64, 0u64, 0u32);
+        let (mut frames, mut seen_at_beat, mut silent) = (0u64, (0u64, 0usize), 0u32);
         loop {
             tokio::select! {
                 frame = codec::read_message::<FromAgent, _>(reader) => match frame {
@@ -256,14 +256,17 @@ impl Link {
                     };
                 }
                 _ = beat.tick() => {
-                    if frames == seen_at_beat {
+                    // Bytes of a big frame still arriving count as life:
+                    // a slow link carrying one is not a silent one.
+                    let progress = (frames, reader.read_buffer().len());
+                    if progress == seen_at_beat {
                         silent += 1;
                         if silent > silent_limit {
                             return format!("no heartbeat for {:.1} s", LINK_SILENCE.as_secs_f64());
                         }
                     } else {
                         silent = 0;
-                        seen_at_beat = frames;
+                        seen_at_beat = progress;
                     }
                     let _ = self.out.send(ToAgent::Heartbeat);
                 }
@@ -275,6 +278,11 @@ impl Link {
     async fn frame(&mut self, msg: FromAgent) -> Result<(), String> {
         let (child, event) = match msg {
             FromAgent::Heartbeat => return Ok(()),
+            FromAgent::Draining => {
+                info!(agent = %self.name, "agent draining");
+                self.pool.agent_draining(self.id);
+                return Ok(());
+            }
             FromAgent::ChildUp {
                 child,
                 pid,

@@ -174,6 +174,9 @@ pub enum FromAgent {
     },
     /// "Still here".
     Heartbeat,
+    /// The agent is stopping (SIGTERM): send its children no more jobs and
+    /// stop each once it has finished the ones it holds.
+    Draining,
 }
 
 impl Message for ToAgent {

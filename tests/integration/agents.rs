@@ -283,6 +283,52 @@ async fn kill_9_of_an_agent_fails_its_job_at_once_naming_it_and_its_children_die
 }
 
 #[tokio::test]
+async fn sigterm_drains_an_agent_its_running_job_completes_and_no_new_one_goes_there() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let master = dispatcher(&[]);
+    let addr = agent_addr(&master);
+    let mut agent = Agent::start(&addr, 2, "leaving", &[]);
+    let client = master.client().await;
+    agent_shown(&client, "leaving", 2).await;
+    let running = client.submit("sleep", "1500", "").unwrap();
+    wait_stats(&client, "the job running", |s| s.pool.busy == 1).await;
+    kill(Pid::from_raw(agent.pid as i32), Signal::SIGTERM).unwrap();
+    // Its idle child goes at once; the busy one stays for its job.
+    wait_stats(&client, "the idle child stopped", |s| s.pool.size == 1).await;
+    let later = client.submit("pid", "", "").unwrap();
+    wait_stats(&client, "the new job queued, not sent to the agent", |s| {
+        s.queue.len == 1
+    })
+    .await;
+    let pid = pid_of(
+        &running
+            .finish()
+            .await
+            .expect("the running job completes")
+            .output,
+    );
+    let status = agent.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the agent exits 0 once drained");
+    assert!(!pid_alive(pid));
+    wait_stats(&client, "the agent gone", |s| s.agents.is_empty()).await;
+    // The queued job runs when another agent comes.
+    let mut next = Agent::start(&addr, 1, "next", &[]);
+    let ran = pid_of(&later.finish().await.unwrap().output);
+    assert!(next.children().contains(&ran));
+    // A second signal does not wait for the jobs.
+    let job = client.submit("sleep", "30000", "").unwrap();
+    wait_stats(&client, "the long job running", |s| s.pool.busy == 1).await;
+    kill(Pid::from_raw(next.pid as i32), Signal::SIGTERM).unwrap();
+    next.wait_log("stopping: children finish", Duration::from_secs(5));
+    kill(Pid::from_raw(next.pid as i32), Signal::SIGTERM).unwrap();
+    let f = failure(job.finish().await.map(|c| c.output));
+    assert_eq!(f.reason, Reason::Error, "{f:?}");
+    assert!(f.message.contains("agent next"), "{f:?}");
+    assert_eq!(next.child.wait().unwrap().code(), Some(0));
+}
+
+#[tokio::test]
 async fn a_stopped_agent_is_lost_by_heartbeat_and_comes_back_fresh() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;

@@ -19,6 +19,8 @@ pub(super) struct AgentRec {
     pub(super) slots: u32,
     /// The modules its children run.
     pub(super) modules: HashSet<Arc<str>>,
+    /// It is stopping: its children finish their jobs and take no more.
+    pub(super) draining: bool,
 }
 
 impl Pool {
@@ -58,8 +60,37 @@ impl Pool {
                 address,
                 slots,
                 modules: HashSet::new(),
+                draining: false,
             },
         );
+    }
+
+    /// Agent `id` is stopping (SIGTERM): its idle children are stopped
+    /// now, its busy ones after their jobs (jobs prefetched behind those
+    /// still run there; no new ones are sent).
+    pub(super) fn agent_draining(&mut self, id: u64) {
+        let Some(agent) = self.agents.get_mut(&id) else {
+            return;
+        };
+        agent.draining = true;
+        info!(agent = %agent.name, "agent draining");
+        let mine: Vec<(ChildId, State)> = self
+            .children
+            .iter()
+            .filter(|(_, s)| s.agent == Some(id))
+            .map(|(&c, s)| (c, s.state))
+            .collect();
+        for (child, state) in mine {
+            match state {
+                State::Idle | State::Starting => self.retire(child, "its agent is draining"),
+                State::Busy => {
+                    if let Some(slot) = self.children.get_mut(&child) {
+                        slot.retire_when_free = true;
+                    }
+                }
+                State::Stopping => {}
+            }
+        }
     }
 
     /// A ready child on agent `agent` joins the pool as an idle slot.
@@ -70,7 +101,7 @@ impl Pool {
         modules: Vec<String>,
         ctl: mpsc::UnboundedSender<ChildCtl>,
     ) -> Option<ChildId> {
-        if self.shutting_down || !self.agents.contains_key(&agent) {
+        if self.shutting_down || self.agents.get(&agent).is_none_or(|a| a.draining) {
             return None;
         }
         let id = self.next_child;

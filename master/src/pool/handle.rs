@@ -81,6 +81,8 @@ pub enum PoolCmd {
         /// Its id in the pool.
         tx: oneshot::Sender<Option<ChildId>>,
     },
+    /// An agent is stopping: its children finish their jobs, take no more.
+    AgentDraining(u64),
     /// An agent's link is gone (its children's exits were sent first).
     AgentGone {
         /// The link's number.
@@ -233,6 +235,10 @@ impl PoolHandle {
             tx,
         });
         rx.await.ok().flatten()
+    }
+    /// An agent is stopping (it sent `Draining`).
+    pub fn agent_draining(&self, id: u64) {
+        self.send(PoolCmd::AgentDraining(id));
     }
     /// An agent's link is gone (after its children's exits were reported).
     pub fn agent_gone(&self, id: u64, cause: String) {

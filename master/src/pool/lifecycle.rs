@@ -45,6 +45,9 @@ impl Pool {
             return;
         }
         if slot.retire_when_free {
+            if slot.agent.is_some() {
+                return self.retire(id, "its agent is draining");
+            }
             self.retire(id, "replaced by a fresh child (SIGHUP)");
             return self.roll();
         }

@@ -365,6 +365,7 @@ impl Pool {
                     let _ = tx.send(self.agent_child(agent, pid, modules, ctl));
                 }
                 PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
+                PoolCmd::AgentDraining(id) => self.agent_draining(id),
             }
             if self.shutting_down && self.children.is_empty() {
                 // Outcomes still on their way to the disk get there first.

@@ -122,7 +122,7 @@ impl Pool {
         let old_finishing = self
             .children
             .values()
-            .any(|s| s.retire_when_free && s.state != State::Stopping);
+            .any(|s| s.agent.is_none() && s.retire_when_free && s.state != State::Stopping);
         if self.stale_children().is_empty() {
             if self.restarting && !old_finishing {
                 self.restarting = false;
