@@ -35,6 +35,10 @@ const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_NAME: usize = 64;
 /// Most slots one agent may offer.
 pub const MAX_SLOTS: u32 = 1024;
+/// Links at once still in their TLS handshake or before their hello: more
+/// are closed at once, so silent connections cannot pile up on a socket
+/// that may face the network.
+const MAX_OPENING: usize = 64;
 
 /// What every link needs.
 pub struct AgentsConfig {
@@ -55,13 +59,21 @@ pub struct AgentsConfig {
 /// Accepts agents until the process ends.
 pub async fn accept_loop(listener: TcpListener, pool: PoolHandle, cfg: Arc<AgentsConfig>) {
     let next = Arc::new(AtomicU64::new(1));
+    let opening = Arc::new(tokio::sync::Semaphore::new(MAX_OPENING));
+    let full = crate::listener::Quiet::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(place) = opening.clone().try_acquire_owned() else {
+                    if let Some(count) = full.due() {
+                        warn!(%peer, count, "{MAX_OPENING} agent links are opening already; closing a new one");
+                    }
+                    continue;
+                };
                 let (pool, cfg) = (pool.clone(), cfg.clone());
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    if let Err(e) = open(stream, peer, id, pool, cfg).await {
+                    if let Err(e) = open(stream, peer, id, pool, cfg, place).await {
                         warn!(%peer, error = %e, "agent link refused");
                     }
                 });
@@ -95,16 +107,17 @@ async fn open(
     id: u64,
     pool: PoolHandle,
     cfg: Arc<AgentsConfig>,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), OpenError> {
     let _ = stream.set_nodelay(true);
     match cfg.tls.clone() {
-        None => serve(stream, peer, id, pool, cfg).await,
+        None => serve(stream, peer, id, pool, cfg, place).await,
         Some(tls) => {
             let stream = tokio::time::timeout(TLS_TIMEOUT, tls.accept(stream))
                 .await
                 .map_err(|_| OpenError::TlsTimeout(TLS_TIMEOUT))?
                 .map_err(OpenError::Tls)?;
-            serve(stream, peer, id, pool, cfg).await
+            serve(stream, peer, id, pool, cfg, place).await
         }
     }
 }
@@ -152,6 +165,7 @@ async fn serve<S>(
     id: u64,
     pool: PoolHandle,
     cfg: Arc<AgentsConfig>,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), OpenError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -165,6 +179,7 @@ where
         Hello::Agent(hello) => hello,
         _ => return Err(OpenError::NotAgent),
     };
+    drop(place);
     reader
         .decoder_mut()
         .set_max_frame_length(codec::max_frame_len(cfg.max_payload));
@@ -193,6 +208,7 @@ where
     pool.agent_joined(id, name.clone(), peer.to_string(), hello.slots);
     let mut link = Link {
         id,
+        slots: hello.slots as usize,
         name: name.clone(),
         pool: pool.clone(),
         out: out.clone(),
@@ -214,6 +230,8 @@ where
 /// One accepted link.
 struct Link {
     id: u64,
+    /// The slots it offered: it may have no more children in the pool.
+    slots: usize,
     name: Arc<str>,
     pool: PoolHandle,
     out: mpsc::UnboundedSender<ToAgent>,
@@ -290,6 +308,12 @@ impl Link {
             } => {
                 if self.children.contains_key(&child) {
                     return Err(format!("announced child {child} twice"));
+                }
+                if self.children.len() >= self.slots {
+                    return Err(format!(
+                        "announced more children than its {} slots",
+                        self.slots
+                    ));
                 }
                 let (ctl, ctl_rx) = mpsc::unbounded_channel();
                 match self.pool.agent_child(self.id, pid, modules, ctl).await {

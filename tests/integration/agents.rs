@@ -588,3 +588,174 @@ fn exposed_agent_sockets_need_tls_and_a_token() {
     master.wait_log("agents listening", Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A hand-made agent on the wire: hello, then whatever the test sends.
+struct FakeAgent {
+    reader: taskmaster_proto::codec::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl FakeAgent {
+    async fn connect(addr: &str, slots: u32) -> FakeAgent {
+        use taskmaster_proto::agent::{AgentHello, ToAgent};
+        use taskmaster_proto::messages::Hello;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (read, writer) = stream.into_split();
+        let mut fake = FakeAgent {
+            reader: taskmaster_proto::codec::frame_reader(read, 1 << 20),
+            writer,
+        };
+        fake.send_raw(
+            &taskmaster_proto::codec::to_frame(&Hello::Agent(AgentHello {
+                version: taskmaster_proto::PROTOCOL_VERSION,
+                token: None,
+                name: "fake".into(),
+                slots,
+                pid: 1,
+            }))
+            .unwrap(),
+        )
+        .await;
+        match fake.next().await {
+            Some(ToAgent::Welcome { .. }) => fake,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, msg: taskmaster_proto::agent::FromAgent) {
+        self.send_raw(&taskmaster_proto::codec::to_frame(&msg).unwrap())
+            .await;
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.writer.write_all(bytes).await;
+    }
+
+    /// The next frame that is not a heartbeat (`None`: closed).
+    async fn next(&mut self) -> Option<taskmaster_proto::agent::ToAgent> {
+        use taskmaster_proto::agent::ToAgent;
+        loop {
+            let msg = tokio::time::timeout(
+                Duration::from_secs(10),
+                taskmaster_proto::codec::read_message::<ToAgent, _>(&mut self.reader),
+            )
+            .await
+            .expect("a frame within 10 s")
+            .ok()
+            .flatten()?;
+            if msg != ToAgent::Heartbeat {
+                return Some(msg);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lying_or_broken_agent_loses_its_link_and_the_master_serves_on() {
+    use taskmaster_proto::agent::{FromAgent, ToAgent};
+    let master = dispatcher(&[]);
+    let addr = agent_addr(&master);
+    let client = master.client().await;
+    // More children than its slots: its job fails naming it, the link goes.
+    let mut fake = FakeAgent::connect(&addr, 1).await;
+    fake.send(FromAgent::ChildUp {
+        child: 1,
+        pid: 4242,
+        modules: vec!["echo".into()],
+    })
+    .await;
+    let job = client.submit("echo", "hi", "").unwrap();
+    let Some(ToAgent::Job {
+        child: 1, job: n, ..
+    }) = fake.next().await
+    else {
+        panic!("the job sent to the fake agent's child");
+    };
+    fake.send(FromAgent::ChildUp {
+        child: 2,
+        pid: 4243,
+        modules: vec![],
+    })
+    .await;
+    let f = failure(job.finish().await.map(|c| c.output));
+    assert_eq!(f.reason, Reason::Error, "{f:?}");
+    assert!(
+        f.message.contains("child 4242 on agent fake")
+            && f.message.contains("more children than its 1 slots"),
+        "{f:?}"
+    );
+    assert!(fake.next().await.is_none(), "link closed");
+    wait_stats(&client, "the fake agent gone", |s| s.agents.is_empty()).await;
+    // An answer for a job its child does not hold: that child is killed.
+    let mut fake = FakeAgent::connect(&addr, 1).await;
+    fake.send(FromAgent::ChildUp {
+        child: 7,
+        pid: 4244,
+        modules: vec!["echo".into()],
+    })
+    .await;
+    let job = client.submit("echo", "hi", "").unwrap();
+    let Some(ToAgent::Job {
+        child: 7, job: n2, ..
+    }) = fake.next().await
+    else {
+        panic!("the second job sent");
+    };
+    assert_ne!(n, n2);
+    fake.send(FromAgent::Done {
+        child: 7,
+        job: n2 + 1000,
+        retire: false,
+        output: "forged".into(),
+    })
+    .await;
+    assert_eq!(fake.next().await, Some(ToAgent::Kill { child: 7 }));
+    fake.send(FromAgent::ChildGone {
+        child: 7,
+        end: taskmaster_proto::agent::ChildEnd::Status {
+            code: None,
+            signal: Some(9),
+            killed: true,
+        },
+    })
+    .await;
+    let f = failure(job.finish().await.map(|c| c.output));
+    assert!(f.message.contains("does not hold"), "{f:?}");
+    // Garbage on the link: dropped, nothing else hurt.
+    fake.send_raw(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await;
+    assert!(fake.next().await.is_none(), "link closed after garbage");
+    wait_stats(&client, "no agents", |s| s.agents.is_empty()).await;
+    // A client on the agent socket, and an agent on the client socket,
+    // are closed; the master still serves.
+    assert!(Client::connect(addr.as_str(), None).await.is_err());
+    let stream = tokio::net::TcpStream::connect(master.addr.as_str())
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let hello = taskmaster_proto::messages::Hello::Agent(taskmaster_proto::agent::AgentHello {
+        version: taskmaster_proto::PROTOCOL_VERSION,
+        token: None,
+        name: "lost".into(),
+        slots: 1,
+        pid: 1,
+    });
+    tokio::io::AsyncWriteExt::write_all(
+        &mut write,
+        &taskmaster_proto::codec::to_frame(&hello).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut reader = taskmaster_proto::codec::frame_reader(read, 1 << 20);
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        taskmaster_proto::codec::read_message::<ToAgent, _>(&mut reader),
+    )
+    .await
+    .expect("closed in time");
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    let mut real = Agent::start(&addr, 1, "real", &[]);
+    let pid = pid_of(&client.do_task("pid", "").await.unwrap());
+    assert!(real.children().contains(&pid));
+}
