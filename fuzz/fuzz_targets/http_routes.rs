@@ -322,11 +322,14 @@ async fn run(data: &[u8]) {
     };
     let guarded = token.is_some();
     let metrics = Arc::new(Metrics::new());
+    // No job store (`--state-dir`) and no NATS: jobs live in the pool alone.
     let (pool, _done) = pool::start(
         config(),
         Arc::new(FakeLauncher),
         metrics.clone(),
         INSTANCE.into(),
+        None,
+        None,
     );
     let app = taskmaster::http::router(pool.clone(), metrics, MAX_PAYLOAD, token);
     let mut rest = Some(data);

@@ -125,6 +125,13 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             .and_then(|exe| exe.parent().map(|dir| dir.join("taskmaster-handler")))
             .unwrap_or_else(|| PathBuf::from("taskmaster-handler"))
     });
+    if args
+        .connect
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return usage(format!("--connect {:?}: expected HOST:PORT", args.connect));
+    }
     if let Err(e) = crate::config::check_executable(&handler) {
         return usage(e.to_string());
     }
@@ -198,10 +205,17 @@ async fn count_stop_signals(count: tokio::sync::watch::Sender<u32>) {
         // Never drop `count`: its receivers would see a change at once.
         return std::future::pending().await;
     };
+    // SIGHUP would end the agent (its default action) and take its
+    // children's jobs with it: it means nothing to an agent, so say so.
+    let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                info!("SIGHUP ignored (an agent has nothing to reload)");
+                continue;
+            }
         }
         count.send_modify(|n| *n += 1);
     }
@@ -390,7 +404,15 @@ where
         .run(&mut reader, &mut writer, (hello_rx, events_rx), stop)
         .await;
     hellos.abort();
-    writer.abort();
+    // What the loop sent last (a drained child's `ChildGone`) goes out
+    // before the link closes; a stuck link is not waited for long.
+    drop(agent);
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     Ok(ended)
 }
 
@@ -533,7 +555,7 @@ impl Agent {
                     let progress = (frames, reader.read_buffer().len());
                     if progress == seen_at_beat {
                         silent += 1;
-                        if silent > silent_limit {
+                        if silent >= silent_limit {
                             break format!("no heartbeat from the master for {:.1} s", LINK_SILENCE.as_secs_f64());
                         }
                     } else {
@@ -570,8 +592,9 @@ impl Agent {
             ToAgent::Stop { child } => (child, ChildCtl::Stop),
             ToAgent::Terminate { child } => (child, ChildCtl::Terminate),
             ToAgent::Kill { child } => (child, ChildCtl::Kill),
-            ToAgent::Welcome { .. } | ToAgent::Refused { .. } => {
-                return Err("the master sent a second welcome".into())
+            ToAgent::Welcome { .. } => return Err("the master sent a second welcome".into()),
+            ToAgent::Refused { message } => {
+                return Err(format!("the master refused this agent: {message}"))
             }
         };
         match self.kids.get(&child) {

@@ -279,7 +279,7 @@ impl Link {
                     let progress = (frames, reader.read_buffer().len());
                     if progress == seen_at_beat {
                         silent += 1;
-                        if silent > silent_limit {
+                        if silent >= silent_limit {
                             return format!("no heartbeat for {:.1} s", LINK_SILENCE.as_secs_f64());
                         }
                     } else {

@@ -142,20 +142,37 @@ pub struct ServeArgs {
     /// client token.
     #[arg(long, env = "TASKMASTER_AGENT_LISTEN", value_name = "ADDR")]
     pub agent_listen: Option<String>,
+    /// Share one queue with every master using this NATS server and stream
+    /// (JetStream): submits go to the stream, each master runs as many as
+    /// it has free children.
+    #[arg(long, env = "TASKMASTER_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+    /// The JetStream stream the masters share (also the prefix of its
+    /// subjects and of the outcome bucket).
+    #[arg(
+        long,
+        env = "TASKMASTER_NATS_STREAM",
+        default_value = "TASKMASTER",
+        value_name = "NAME"
+    )]
+    pub nats_stream: String,
+    /// How long a job taken from the stream may go without a progress ack
+    /// (a master sends one every third of it while the job runs) before
+    /// another master answers it `error` as lost.
+    #[arg(long, env = "TASKMASTER_NATS_ACK_WAIT", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub nats_ack_wait: f64,
     /// The certificate chain (PEM) agents see on --agent-listen.
     #[arg(
         long,
         env = "TASKMASTER_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
+        value_name = "FILE"
     )]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(
         long,
         env = "TASKMASTER_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
+        value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
     /// Seconds a job may run before it fails `timeout` and its child is
@@ -340,6 +357,16 @@ impl ServeArgs {
             None => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
         };
         Ok(token.map(|t| crate::config::Token(t.into())))
+    }
+
+    /// The `--nats` settings, if asked for.
+    pub fn nats(&self) -> Option<crate::nats::NatsConfig> {
+        let url = self.nats.clone()?;
+        Some(crate::nats::NatsConfig {
+            url,
+            stream: self.nats_stream.clone(),
+            ack_wait: Duration::from_secs_f64(self.nats_ack_wait.max(0.3)),
+        })
     }
 
     /// The settings these flags ask for (not yet validated).

@@ -42,6 +42,9 @@ pub enum Reply {
     /// Nobody waits on a connection (a detached or HTTP submit): the outcome
     /// stays in the job table for whoever asks.
     Detached,
+    /// A job this master took from the NATS stream (`--nats`): answers go
+    /// back through NATS to the master its submitter is connected to.
+    Nats(crate::nats::NatsReply),
 }
 
 /// A socket client's job: answers go to its connection's writer.
@@ -95,13 +98,16 @@ impl Reply {
     pub fn gate(&self) -> Option<Arc<Backlog>> {
         match self {
             Reply::Conn(c) => c.backlog.clone(),
-            Reply::Detached => None,
+            Reply::Detached | Reply::Nats(_) => None,
         }
     }
 
     /// Sends a part. A gone client is not an error: the job still runs to
     /// its end so its child is freed the normal way.
     pub fn part(&self, data: Bytes) {
+        if let Reply::Nats(n) = self {
+            return n.part(data);
+        }
         if let Reply::Conn(c) = self {
             let msg = ToClient::Part { tag: c.tag, data };
             let n = backlog_bytes(&msg);
@@ -111,6 +117,9 @@ impl Reply {
 
     /// Sends the response.
     pub fn completed(self, job: JobId, output: Bytes) {
+        if let Reply::Nats(n) = self {
+            return n.end(Ok(output));
+        }
         if let Reply::Conn(mut c) = self {
             let msg = ToClient::Completed {
                 tag: c.tag,
@@ -126,6 +135,9 @@ impl Reply {
 
     /// Sends a failure.
     pub fn failed(self, job: JobId, reason: Reason, message: String) {
+        if let Reply::Nats(n) = self {
+            return n.end(Err((reason, message)));
+        }
         if let Reply::Conn(c) = self {
             let _ = c.tx.send(Outgoing {
                 msg: ToClient::Failed {

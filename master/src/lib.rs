@@ -77,6 +77,7 @@ pub mod http;
 pub mod job;
 pub mod listener;
 pub mod metrics;
+pub mod nats;
 pub mod notify;
 pub mod pool;
 pub mod server;

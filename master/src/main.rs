@@ -162,12 +162,20 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage_error(format!("--agent-listen: {e}")),
     };
-    let tls = match (&cli.serve.tls_cert, &cli.serve.tls_key) {
+    // (Checked here, not by clap's `requires`: a config file's keys are
+    // checked one at a time, where the pair could never be complete.)
+    let tls_files = (&cli.serve.tls_cert, &cli.serve.tls_key);
+    if agents.is_none() && tls_files != (&None, &None) {
+        return usage_error("--tls-cert and --tls-key are for --agent-listen, which is not set");
+    }
+    let tls = match tls_files {
         (Some(cert), Some(key)) => match taskmaster::tls::acceptor(cert, key) {
             Ok(t) => Some(t),
             Err(e) => return usage_error(e),
         },
-        _ => None,
+        (Some(_), None) => return usage_error("--tls-cert needs --tls-key"),
+        (None, Some(_)) => return usage_error("--tls-key needs --tls-cert"),
+        (None, None) => None,
     };
     // An agent runs whatever jobs it is sent and sees their data: beyond
     // loopback only over TLS and with the token, never `--insecure`.
@@ -206,12 +214,24 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // Reached (or not: exit 2) before anything is spawned, on the runtime
+    // the master then runs on (the NATS client's tasks live there).
+    let nats = match cli.serve.nats() {
+        None => None,
+        Some(nats) => {
+            let (job_max, ttl) = (cfg.job_max, cfg.result_ttl);
+            match rt.block_on(taskmaster::nats::open(nats, job_max, ttl)) {
+                Ok(opened) => Some(opened),
+                Err(e) => return usage_error(e),
+            }
+        }
+    };
     let listeners = taskmaster::server::Listeners {
         main: listener,
         http,
         agents: agents.map(|l| (l, tls)),
     };
-    match rt.block_on(taskmaster::server::run(cfg, listeners, store, notify)) {
+    match rt.block_on(taskmaster::server::run(cfg, listeners, store, notify, nats)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "master failed");

@@ -40,6 +40,7 @@ pub async fn run(
     }: Listeners,
     store: Option<crate::store::Opened>,
     notify: Option<crate::notify::Notifier>,
+    nats: Option<crate::nats::Opened>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
@@ -107,13 +108,26 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     crate::child::open_random()?;
     let max_payload = cfg.max_payload;
+    let (nats, runner) = match nats {
+        Some(opened) => {
+            let (side, outcomes, runner) = crate::nats::prepare(opened, &instance)
+                .await
+                .map_err(std::io::Error::other)?;
+            (Some((side, outcomes)), Some(runner))
+        }
+        None => (None, None),
+    };
     let (pool, done) = pool::start(
         Arc::new(cfg),
         Arc::new(launcher),
         metrics.clone(),
         instance,
         store,
+        nats,
     );
+    if let Some(runner) = runner {
+        tokio::spawn(runner.run(pool.clone()));
+    }
     // Subscribed here, before this task first yields and so before the
     // pool actor runs: its `pool-ready` cannot come and go unseen.
     let notify = notify.map(|n| {

@@ -328,6 +328,15 @@ async fn job_op(pool: &PoolHandle, msg: ToMaster) -> (u64, Option<Answer>) {
         Ok(job) => (tag, Ok(op(job))),
         Err(answer) => (tag, Err(*answer)),
     };
+    // With --nats, a job another master took: its outcome from the bucket.
+    if let ToMaster::Status { tag, id } | ToMaster::Result { tag, id, .. } = &msg {
+        if pool.parse_id(id).is_err() {
+            let result = matches!(msg, ToMaster::Result { .. });
+            if let Some(answer) = pool.shared_outcome(id, result).await {
+                return (*tag, Some(answer));
+            }
+        }
+    }
     let (tag, op) = match msg {
         ToMaster::Status { tag, id } => by_id(tag, &id, Op::Status),
         ToMaster::Start { tag, id } => by_id(tag, &id, Op::Start),

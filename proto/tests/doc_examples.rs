@@ -8,11 +8,18 @@
 //! the bytes; the rest of the line is a comment. A block may hold several
 //! frames back to back; they are split by their length prefixes. Every
 //! example in the section must be listed here, and every one listed here
-//! must be in the section, so none goes unchecked.
+//! must be in the section, so none goes unchecked. Each frame of the
+//! document must be the encoder's frame byte for byte, and must decode
+//! back to the very message listed here.
+//!
+//! The agent link (section 3.8) is checked the same way, and its index
+//! tables against the encoder's variant indexes.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
-use taskmaster_proto::codec::to_frame;
+use std::fmt::Debug;
+use taskmaster_proto::agent::{AgentHello, ChildEnd, FromAgent, ToAgent};
+use taskmaster_proto::codec::{decode, to_frame, LENGTH_BYTES};
 use taskmaster_proto::jobs::{JobRef, JobStatus, JobView, Outcome, SubmitOptions};
 use taskmaster_proto::messages::{
     ClientHello, FromHandler, HandlerHello, Hello, Message, ToClient, ToHandler, ToMaster,
@@ -104,8 +111,33 @@ fn split_frames(name: &str, mut bytes: &[u8]) -> Vec<Vec<u8>> {
     frames
 }
 
-fn frame<M: Message>(msg: M) -> Vec<u8> {
-    to_frame(&msg).expect("the example encodes").to_vec()
+/// Decodes a frame of the document (prefix included) and compares it with
+/// the message it should be; `Err` says how it differs.
+type DecodesBack = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
+/// One frame an example must show.
+struct Want {
+    /// The encoder's frame, prefix included.
+    bytes: Vec<u8>,
+    /// Checks that the document's frame decodes back to the message.
+    decodes_back: DecodesBack,
+}
+
+fn frame<M: Message + PartialEq + Debug + 'static>(msg: M) -> Want {
+    let bytes = to_frame(&msg).expect("the example encodes").to_vec();
+    let decodes_back = Box::new(move |doc: &[u8]| {
+        let got = decode::<M>(BytesMut::from(&doc[LENGTH_BYTES..]))
+            .map_err(|e| format!("does not decode as {}: {e}", std::any::type_name::<M>()))?;
+        if got == msg {
+            Ok(())
+        } else {
+            Err(format!("decodes to {got:?}, not {msg:?}"))
+        }
+    });
+    Want {
+        bytes,
+        decodes_back,
+    }
 }
 
 fn id(job: u64) -> String {
@@ -119,7 +151,7 @@ fn json<T: serde::Serialize>(body: &T) -> String {
 }
 
 /// What each example shows, by title.
-fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+fn expected() -> Vec<(&'static str, Vec<Want>)> {
     let completed_17 = JobRef {
         id: id(17),
         status: JobStatus::Completed,
@@ -381,6 +413,109 @@ fn expected() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             })],
         ),
     ]
+    .into_iter()
+    .chain(agent_link())
+    .collect()
+}
+
+/// The agent link's examples (section 3.8): agent `box1` joins the same
+/// master run and its child 1 runs job 17.
+fn agent_link() -> Vec<(&'static str, Vec<Want>)> {
+    vec![
+        (
+            "Agent hello: token Some(\"abc\"), name \"box1\", slots 4, pid 0x1234",
+            vec![frame(Hello::Agent(AgentHello {
+                version: 3,
+                token: Some("abc".into()),
+                name: "box1".into(),
+                slots: 4,
+                pid: 0x1234,
+            }))],
+        ),
+        (
+            "Agent welcome: instance \"3f9a0c12b7e4\", max_payload 16 MiB, child heartbeat 2000 ms",
+            vec![frame(ToAgent::Welcome {
+                version: 3,
+                instance: INSTANCE.into(),
+                max_payload: 16 * 1024 * 1024,
+                child_heartbeat_ms: 2000,
+            })],
+        ),
+        (
+            "Agent refused: message \"bad or missing token\"",
+            vec![frame(ToAgent::Refused {
+                message: "bad or missing token".into(),
+            })],
+        ),
+        (
+            "Agent job: child 1, job 17, module \"echo\", input \"hi\"",
+            vec![frame(ToAgent::Job {
+                child: 1,
+                job: 17,
+                module: "echo".into(),
+                input: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Agent stop: child 1",
+            vec![frame(ToAgent::Stop { child: 1 })],
+        ),
+        (
+            "Agent link heartbeat, master to agent",
+            vec![frame(ToAgent::Heartbeat)],
+        ),
+        (
+            "Agent child up: child 1, pid 0x2345, modules [\"echo\", \"pid\"]",
+            vec![frame(FromAgent::ChildUp {
+                child: 1,
+                pid: 0x2345,
+                modules: vec!["echo".into(), "pid".into()],
+            })],
+        ),
+        (
+            "Agent part: child 1, job 17, data \"1\\n\"",
+            vec![frame(FromAgent::Part {
+                child: 1,
+                job: 17,
+                data: Bytes::from_static(b"1\n"),
+            })],
+        ),
+        (
+            "Agent done: child 1, job 17, retire false, output \"hi\"",
+            vec![frame(FromAgent::Done {
+                child: 1,
+                job: 17,
+                retire: false,
+                output: Bytes::from_static(b"hi"),
+            })],
+        ),
+        (
+            "Agent failed: child 1, job 17, reason failed, message \"boom\", retire true",
+            vec![frame(FromAgent::Failed {
+                child: 1,
+                job: 17,
+                reason: Reason::Failed,
+                message: "boom".into(),
+                retire: true,
+            })],
+        ),
+        (
+            "Agent child gone: child 1, killed by signal 9",
+            vec![frame(FromAgent::ChildGone {
+                child: 1,
+                end: ChildEnd::Status {
+                    code: None,
+                    signal: Some(9),
+                    killed: true,
+                },
+            })],
+        ),
+        (
+            "Agent link heartbeat, agent to master",
+            vec![frame(FromAgent::Heartbeat)],
+        ),
+        ("Agent draining", vec![frame(FromAgent::Draining)]),
+    ]
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -411,9 +546,12 @@ fn worked_examples_match_the_encoder() {
         for (got, want) in frames.iter().zip(&want) {
             assert_eq!(
                 hex(got),
-                hex(want),
+                hex(&want.bytes),
                 "{title}: the document (left) differs from the encoder (right)"
             );
+            if let Err(e) = (want.decodes_back)(got) {
+                panic!("{title}: the document's frame {e}");
+            }
         }
         assert_eq!(
             example.declared,
@@ -437,4 +575,196 @@ fn the_document_states_the_current_version() {
         taskmaster_proto::PROTOCOL_VERSION
     );
     assert!(doc.contains(&want), "docs/protocol.md lacks {want:?}");
+}
+
+/// The rows `| INDEX | `NAME` |` of the first table after `marker` in
+/// `text` (up to the first blank line after the table starts).
+fn table_rows(text: &str, marker: &str) -> Vec<(u32, String)> {
+    let start = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("docs/protocol.md lacks {marker:?}"));
+    let mut rows = Vec::new();
+    let mut in_table = false;
+    for line in text[start..].lines().skip(1) {
+        if !line.starts_with('|') {
+            if in_table {
+                break;
+            }
+            continue;
+        }
+        in_table = true;
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if let (Ok(index), Some(name)) = (cells[1].parse(), cells.get(2)) {
+            rows.push((index, name.trim_matches('`').to_owned()));
+        }
+    }
+    rows
+}
+
+/// The variant index (the header's first `u32`) of a message's frame.
+fn index<M: Message>(msg: &M) -> u32 {
+    let frame = to_frame(msg).expect("encodes");
+    u32::from_le_bytes(
+        frame[LENGTH_BYTES..LENGTH_BYTES + 4]
+            .try_into()
+            .expect("4 bytes"),
+    )
+}
+
+/// `Debug`'s variant name: the text before the first `{`, `(` or space.
+fn variant_name<T: Debug>(value: &T) -> String {
+    let text = format!("{value:?}");
+    text.split(['{', '(', ' '])
+        .next()
+        .expect("a name")
+        .to_owned()
+}
+
+/// Section 3.8's index tables give each variant of `AgentHello`'s
+/// `Hello`, `ToAgent`, `FromAgent` and `ChildEnd` the index the encoder
+/// writes, and list every variant.
+#[test]
+fn agent_link_tables_match_the_encoder() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/protocol.md");
+    let start = doc
+        .find("\n### 3.8 The agent link")
+        .expect("docs/protocol.md has no section 3.8");
+    let section = &doc[start..doc[start..].find("\n## ").map_or(doc.len(), |i| start + i)];
+
+    fn check(rows: &[(u32, String)], table: &str, want: Vec<(u32, String)>) {
+        assert_eq!(
+            rows.len(),
+            want.len(),
+            "the {table} table lists {rows:?}, the encoder has {want:?}"
+        );
+        for w in &want {
+            assert!(
+                rows.contains(w),
+                "the {table} table lacks `| {} | `{}` |`: {rows:?}",
+                w.0,
+                w.1
+            );
+        }
+    }
+
+    let to_agent = [
+        ToAgent::Welcome {
+            version: 3,
+            instance: INSTANCE.into(),
+            max_payload: 1,
+            child_heartbeat_ms: 0,
+        },
+        ToAgent::Refused {
+            message: String::new(),
+        },
+        ToAgent::Job {
+            child: 1,
+            job: 1,
+            module: String::new(),
+            input: Bytes::new(),
+        },
+        ToAgent::Stop { child: 1 },
+        ToAgent::Terminate { child: 1 },
+        ToAgent::Kill { child: 1 },
+        ToAgent::Heartbeat,
+    ];
+    check(
+        &table_rows(section, "**`ToAgent`**"),
+        "ToAgent",
+        to_agent
+            .iter()
+            .map(|m| (index(m), variant_name(m)))
+            .collect(),
+    );
+
+    let from_agent = [
+        FromAgent::ChildUp {
+            child: 1,
+            pid: 1,
+            modules: vec![],
+        },
+        FromAgent::Part {
+            child: 1,
+            job: 1,
+            data: Bytes::new(),
+        },
+        FromAgent::Done {
+            child: 1,
+            job: 1,
+            retire: false,
+            output: Bytes::new(),
+        },
+        FromAgent::Failed {
+            child: 1,
+            job: 1,
+            reason: Reason::Failed,
+            message: String::new(),
+            retire: false,
+        },
+        FromAgent::Stalled {
+            child: 1,
+            silent_ms: 1,
+        },
+        FromAgent::Broken {
+            child: 1,
+            cause: String::new(),
+        },
+        FromAgent::ChildGone {
+            child: 1,
+            end: ChildEnd::SpawnFailed(String::new()),
+        },
+        FromAgent::Heartbeat,
+        FromAgent::Draining,
+    ];
+    check(
+        &table_rows(section, "**`FromAgent`**"),
+        "FromAgent",
+        from_agent
+            .iter()
+            .map(|m| (index(m), variant_name(m)))
+            .collect(),
+    );
+
+    // `ChildEnd` is not a message of its own: its index is the `u32`
+    // after `ChildGone`'s index and child id.
+    let ends = [
+        ChildEnd::Status {
+            code: None,
+            signal: None,
+            killed: false,
+        },
+        ChildEnd::SpawnFailed(String::new()),
+    ];
+    let end_index = |end: &ChildEnd| {
+        let frame = to_frame(&FromAgent::ChildGone {
+            child: 1,
+            end: end.clone(),
+        })
+        .expect("encodes");
+        let at = LENGTH_BYTES + 4 + 8;
+        u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"))
+    };
+    check(
+        &table_rows(section, "**`ChildEnd`**"),
+        "ChildEnd",
+        ends.iter()
+            .map(|e| (end_index(e), variant_name(e)))
+            .collect(),
+    );
+
+    // `Hello::Agent` in section 3.1's table.
+    let hello = Hello::Agent(AgentHello {
+        version: 3,
+        token: None,
+        name: String::new(),
+        slots: 1,
+        pid: 1,
+    });
+    let hellos = table_rows(&doc, "### 3.1 `Hello`");
+    assert!(
+        hellos.contains(&(index(&hello), "Agent".to_owned())),
+        "section 3.1 lacks `| {} | `Agent` |`: {hellos:?}",
+        index(&hello)
+    );
 }

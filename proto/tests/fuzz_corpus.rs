@@ -3,9 +3,10 @@
 //! decoder change that makes any corpus input panic, loop, misframe or
 //! allocate past the limit fails `cargo test` without nightly.
 //!
-//! - `frame_decoder`, `messages`, `handshake`: every file through
-//!   [`fuzz_checks::check_frame_decoder`], [`fuzz_checks::check_messages`],
-//!   [`fuzz_checks::check_handshake`].
+//! - `frame_decoder`, `messages`, `handshake`, `agent_link`: every file
+//!   through [`fuzz_checks::check_frame_decoder`],
+//!   [`fuzz_checks::check_messages`], [`fuzz_checks::check_handshake`],
+//!   [`fuzz_checks::check_agent_link`].
 //! - `http_routes`: the router itself needs the master crate, which this
 //!   package cannot depend on; its job ids go through
 //!   [`fuzz_checks::check_job_id`].
@@ -75,6 +76,11 @@ fn messages_corpus() {
 #[test]
 fn handshake_corpus() {
     replay("handshake", fuzz_checks::check_handshake);
+}
+
+#[test]
+fn agent_link_corpus() {
+    replay("agent_link", fuzz_checks::check_agent_link);
 }
 
 #[test]

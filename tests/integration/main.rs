@@ -37,6 +37,7 @@ mod hardening;
 mod http;
 mod jobs;
 mod layout;
+mod nats;
 mod pool;
 mod priority;
 mod python;

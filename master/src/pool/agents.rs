@@ -156,8 +156,13 @@ impl Pool {
                 self.child_exited(child, crate::types::ExitInfo::Lost(cause.clone()));
             }
         }
-        warn!(agent = %agent.name, address = %agent.address, %cause, "agent lost");
-        let message = format!("{} ({}): {cause}", agent.name, agent.address);
+        if agent.draining {
+            info!(agent = %agent.name, address = %agent.address, %cause, "agent left after draining");
+        } else {
+            warn!(agent = %agent.name, address = %agent.address, %cause, "agent lost");
+        }
+        let how = if agent.draining { "drained and left" } else { "lost" };
+        let message = format!("{} ({}) {how}: {cause}", agent.name, agent.address);
         self.events.emit(|| Event {
             message: Some(message),
             ..Event::new("agent-lost")

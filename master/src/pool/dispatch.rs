@@ -163,7 +163,11 @@ impl Pool {
             ack,
             waiter,
         } = s;
-        let mut admitted = self.admission(&module, !options.start_later);
+        // A job for the shared queue (`--nats`) is bounded by the stream,
+        // not by this master's queue.
+        let shared = self.shares_queue(&reply);
+        let here = !options.start_later && !shared;
+        let mut admitted = self.admission(&module, here);
         if options.start_later && admitted.is_ok() {
             // Held jobs are bounded like kept results (count and bytes), or
             // a client could fill memory with jobs that never run.
@@ -243,6 +247,14 @@ impl Pool {
             self.enqueue(job);
         }
         if let Some(ack) = ack {
+            if shared && !options.start_later {
+                // Its id only once the stream holds it: a master killed in
+                // between must not have given out the id of a lost job.
+                if let Some(nats) = self.nats.as_mut() {
+                    nats.acks.insert(id, ack);
+                }
+                return;
+            }
             let job_ref = self.table.job_ref(id).expect("just recorded");
             self.tell_when_durable(
                 durable,
@@ -255,6 +267,9 @@ impl Pool {
     /// An admitted job goes to a free child, or to the queue (growing the
     /// pool if it may).
     pub(super) fn enqueue(&mut self, job: Queued) {
+        if self.shares_queue(&job.reply) {
+            return self.publish(job);
+        }
         if let Some(child) = self.idle.pop_front() {
             return self.start_job(child, job);
         }

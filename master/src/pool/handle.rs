@@ -83,6 +83,8 @@ pub enum PoolCmd {
     },
     /// An agent is stopping: its children finish their jobs, take no more.
     AgentDraining(u64),
+    /// The NATS side reports (`--nats`).
+    Nats(crate::nats::NatsEvent),
     /// An agent's link is gone (its children's exits were sent first).
     AgentGone {
         /// The link's number.
@@ -111,6 +113,8 @@ pub struct PoolHandle {
     tx: mpsc::UnboundedSender<PoolCmd>,
     instance: Arc<str>,
     events: Events,
+    /// Outcomes kept on NATS (`--nats`): other masters' jobs.
+    outcomes: Option<crate::nats::Outcomes>,
 }
 
 impl PoolHandle {
@@ -118,12 +122,44 @@ impl PoolHandle {
         tx: mpsc::UnboundedSender<PoolCmd>,
         instance: Arc<str>,
         events: Events,
+        outcomes: Option<crate::nats::Outcomes>,
     ) -> Self {
         PoolHandle {
             tx,
             instance,
             events,
+            outcomes,
         }
+    }
+
+    /// With `--nats`: the answer to `status` (`result: false`) or `result`
+    /// for a job another master took, from the outcome bucket; `None`
+    /// without NATS or when the bucket has no outcome for it.
+    pub async fn shared_outcome(&self, id: &str, result: bool) -> Option<Answer> {
+        let (view, output) = self.outcomes.as_ref()?.get(id).await?;
+        if !result {
+            return Some(Answer::ok(crate::job::Body::View(view)));
+        }
+        Some(match (view.status, view.reason) {
+            (taskmaster_proto::JobStatus::Completed, _) => Answer {
+                output: Some(output),
+                ..Answer::ok(crate::job::Body::Ref(taskmaster_proto::jobs::JobRef {
+                    id: view.id,
+                    status: view.status,
+                }))
+            },
+            (status, reason) => Answer::failed(
+                view.id,
+                status,
+                reason.unwrap_or(taskmaster_proto::Reason::Error),
+                view.message.unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// Sends the actor a command (the NATS side's events).
+    pub(crate) fn send_cmd(&self, cmd: PoolCmd) {
+        self.send(cmd);
     }
 
     pub(super) fn send(&self, cmd: PoolCmd) {

@@ -437,9 +437,11 @@ impl Pool {
         };
         if slot.agent.is_some() {
             self.remote -= 1;
+        } else {
+            // (Like `spawned`, the master's own processes only.)
+            self.counters.exited += 1;
+            self.metrics.exited.inc();
         }
-        self.counters.exited += 1;
-        self.metrics.exited.inc();
         match slot.state {
             State::Starting => self.starting -= 1,
             State::Idle => self.idle.retain(|&c| c != id),

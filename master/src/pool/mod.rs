@@ -27,6 +27,8 @@
 //! - `shutdown.rs`: the drain and the hurried stop.
 //! - `agents.rs`: agents' children joining and leaving the pool
 //!   (`--agent-listen`).
+//! - `nats.rs`: `--nats`: submits published to the shared stream, jobs
+//!   fetched from it, answers coming back.
 //! - `durable.rs`: `--state-dir`: changes to the job store, acks that wait
 //!   for the disk, the restart.
 //! - `stats.rs`: `/healthz` and the stats JSON.
@@ -60,6 +62,7 @@ mod handle;
 mod lifecycle;
 #[cfg(test)]
 mod model;
+mod nats;
 mod ops;
 mod queue;
 mod recycle;
@@ -223,6 +226,18 @@ struct Pool {
     acks: VecDeque<(u64, durable::Told, crate::job::Answer)>,
     /// The next place in the queue, for the store.
     next_order: u64,
+    /// The shared queue on NATS (`--nats`).
+    nats: Option<NatsState>,
+}
+
+/// The pool's part of `--nats`.
+struct NatsState {
+    side: crate::nats::PoolSide,
+    /// Jobs submitted here and published, waiting for an answer from
+    /// whichever master runs them.
+    remote: HashMap<JobId, crate::job::Reply>,
+    /// Detached submits whose id is told only once the stream has them.
+    acks: HashMap<JobId, crate::job::Ack>,
 }
 
 /// Starts the pool actor; it spawns `pool-start` children at once. The
@@ -234,11 +249,23 @@ pub fn start(
     metrics: Arc<Metrics>,
     instance: Arc<str>,
     store: Option<(crate::store::Store, crate::store::Recovered)>,
+    nats: Option<(crate::nats::PoolSide, crate::nats::Outcomes)>,
 ) -> (PoolHandle, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     let events = Events::new();
-    let handle = PoolHandle::new(tx, instance.clone(), events.clone());
+    let (nats, outcomes) = match nats {
+        Some((side, outcomes)) => (
+            Some(NatsState {
+                side,
+                remote: HashMap::new(),
+                acks: HashMap::new(),
+            }),
+            Some(outcomes),
+        ),
+        None => (None, None),
+    };
+    let handle = PoolHandle::new(tx, instance.clone(), events.clone(), outcomes);
     let limits = Limits {
         keep: cfg.keep_results,
         ttl: cfg.result_ttl,
@@ -280,6 +307,7 @@ pub fn start(
         store: None,
         acks: VecDeque::new(),
         next_order: 1,
+        nats,
     };
     if let Some((store, recovered)) = store {
         pool.store = Some(store);
@@ -366,8 +394,11 @@ impl Pool {
                 }
                 PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
                 PoolCmd::AgentDraining(id) => self.agent_draining(id),
+                PoolCmd::Nats(event) => self.nats_event(event),
             }
+            self.tell_free();
             if self.shutting_down && self.children.is_empty() {
+                self.fail_remote();
                 // Outcomes still on their way to the disk get there first.
                 if let Some(mut store) = self.store.take() {
                     store.close();

@@ -164,6 +164,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         Arc::new(crate::metrics::Metrics::new()),
         "0123456789ab".into(),
         None,
+        None,
     );
     let (tx, rx) = mpsc::unbounded_channel();
     Harness {

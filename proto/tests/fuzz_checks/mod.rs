@@ -11,7 +11,7 @@
 //! the normal build never depends on the fuzz crate and the fuzz crate never
 //! needs a feature of `taskmaster-proto`.
 //!
-//! # Input layout of `frame_decoder` and `handshake`
+//! # Input layout of `frame_decoder`, `handshake` and `agent_link`
 //!
 //! ```text
 //! byte 0      bits 0-3: k, the number of chunk-size bytes that follow
@@ -42,6 +42,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use taskmaster_proto::agent::{FromAgent, ToAgent};
 use taskmaster_proto::codec::{self, CodecError, HEADER_LIMIT, LENGTH_BYTES};
 use taskmaster_proto::handshake::{read_hello, HandshakeError};
 use taskmaster_proto::jobs;
@@ -75,7 +76,8 @@ pub fn frame_alloc_bound() -> usize {
 ///
 /// Strings and byte strings are claimed against bincode's limit
 /// ([`HEADER_LIMIT`]) before they are allocated, but a *sequence* length
-/// (`HandlerHello::modules`) is not: serde's `Vec` visitor pre-allocates
+/// (`HandlerHello::modules`, `FromAgent::ChildUp::modules`) is not:
+/// serde's `Vec` visitor pre-allocates
 /// `min(claimed length, 1 MiB / size_of::<T>())` elements, so a 30-byte
 /// hello can make a 1 MiB allocation. That is bounded (by serde, not by the
 /// codec) and is what this bound allows; see `fuzz/README.md`, "Findings".
@@ -424,30 +426,7 @@ pub fn check_frame_decoder(data: &[u8]) {
     let want = reference_frames(script.stream, MAX_PAYLOAD);
     let max = codec::max_frame_len(MAX_PAYLOAD);
 
-    // Raw frames, byte for byte.
-    let ((), peak) = peak_allocation(|| {
-        block_on(false, async {
-            use futures_util::StreamExt;
-            let mut reader = codec::frame_reader(script.reader(false), MAX_PAYLOAD);
-            for &w in &want {
-                let got = reader.next().await;
-                match (w, got) {
-                    (Expect::Frame(body), Some(Ok(frame))) => assert_eq!(&frame[..], body),
-                    (Expect::End, None) => {}
-                    (Expect::LengthThenEof, None) if TOLERATE_CLEAN_EOF_AFTER_LENGTH => {}
-                    (
-                        Expect::OverLimit | Expect::Truncated | Expect::LengthThenEof,
-                        Some(Err(_)),
-                    ) => {}
-                    (w, got) => panic!("expected {w:?}, frame reader gave {got:?}"),
-                }
-            }
-        })
-    });
-    assert!(
-        peak <= frame_alloc_bound(),
-        "reading frames allocated {peak} bytes at once (limit {max})"
-    );
+    check_raw_frames(&script, &want);
 
     // Decoded, as both message types a master reads.
     block_on(false, async {
@@ -478,6 +457,68 @@ pub fn check_frame_decoder(data: &[u8]) {
         peak <= max + LENGTH_BYTES,
         "the blocking reader allocated {peak} bytes at once (limit {max})"
     );
+}
+
+/// The async frame reader over the script's stream gives exactly the
+/// reference frames, byte for byte, and allocates no more than
+/// [`frame_alloc_bound`] at once.
+fn check_raw_frames(script: &Script<'_>, want: &[Expect<'_>]) {
+    let max = codec::max_frame_len(MAX_PAYLOAD);
+    let ((), peak) = peak_allocation(|| {
+        block_on(false, async {
+            use futures_util::StreamExt;
+            let mut reader = codec::frame_reader(script.reader(false), MAX_PAYLOAD);
+            for &w in want {
+                let got = reader.next().await;
+                match (w, got) {
+                    (Expect::Frame(body), Some(Ok(frame))) => assert_eq!(&frame[..], body),
+                    (Expect::End, None) => {}
+                    (Expect::LengthThenEof, None) if TOLERATE_CLEAN_EOF_AFTER_LENGTH => {}
+                    (
+                        Expect::OverLimit | Expect::Truncated | Expect::LengthThenEof,
+                        Some(Err(_)),
+                    ) => {}
+                    (w, got) => panic!("expected {w:?}, frame reader gave {got:?}"),
+                }
+            }
+        })
+    });
+    assert!(
+        peak <= frame_alloc_bound(),
+        "reading frames allocated {peak} bytes at once (limit {max})"
+    );
+}
+
+/// The `agent_link` target: the agent link's two message enums
+/// ([`ToAgent`], [`FromAgent`]) through the same readers as
+/// `frame_decoder`, and as bare bodies as in `messages`.
+///
+/// The input is a script and stream as for `frame_decoder` (module docs).
+/// The stream goes through the async frame reader with script-chosen chunk
+/// sizes: raw frames against the reference framing, then every frame read
+/// with `read_message` as `FromAgent` (what the master reads on a link)
+/// and as `ToAgent` (what an agent reads). The stream less its first four
+/// bytes (a length prefix, in a one-frame seed) is also decoded as one
+/// frame body, as `FromAgent`, `ToAgent` and `Hello` (the agent's hello):
+/// whatever decodes re-encodes to the same bytes.
+pub fn check_agent_link(data: &[u8]) {
+    let script = Script::parse(data);
+    let want = reference_frames(script.stream, MAX_PAYLOAD);
+
+    check_raw_frames(&script, &want);
+
+    block_on(false, async {
+        let mut reader = codec::frame_reader(script.reader(false), MAX_PAYLOAD);
+        read_all::<FromAgent, _>(&mut reader, &want).await;
+        let mut reader = codec::frame_reader(script.reader(false), MAX_PAYLOAD);
+        read_all::<ToAgent, _>(&mut reader, &want).await;
+    });
+
+    if let Some(body) = script.stream.get(LENGTH_BYTES..) {
+        check_decode::<FromAgent>(body);
+        check_decode::<ToAgent>(body);
+        check_decode::<Hello>(body);
+    }
 }
 
 /// The `handshake` target: `read_hello` on a paused-clock current-thread

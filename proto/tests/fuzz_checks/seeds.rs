@@ -9,6 +9,7 @@
 
 use crate::fuzz_checks::{Script, MAX_PAYLOAD};
 use bytes::{BufMut, Bytes, BytesMut};
+use taskmaster_proto::agent::{AgentHello, ChildEnd, FromAgent, ToAgent};
 use taskmaster_proto::codec::{self, to_frame, HEADER_LIMIT};
 use taskmaster_proto::jobs::{Outcome, SubmitOptions};
 use taskmaster_proto::messages::{
@@ -312,6 +313,199 @@ fn from_handler() -> Vec<(&'static str, FromHandler)> {
         ),
         ("heartbeat", FromHandler::Heartbeat),
     ]
+}
+
+fn to_agent() -> Vec<(&'static str, ToAgent)> {
+    vec![
+        (
+            "welcome",
+            ToAgent::Welcome {
+                version: PROTOCOL_VERSION,
+                instance: "0123456789ab".into(),
+                max_payload: codec::DEFAULT_MAX_PAYLOAD as u64,
+                child_heartbeat_ms: 2000,
+            },
+        ),
+        (
+            "refused",
+            ToAgent::Refused {
+                message: "bad or missing token".into(),
+            },
+        ),
+        (
+            "job",
+            ToAgent::Job {
+                child: 1,
+                job: 17,
+                module: "echo".into(),
+                input: Bytes::from_static(b"hello"),
+            },
+        ),
+        (
+            "job-empty",
+            ToAgent::Job {
+                child: u64::MAX,
+                job: 0,
+                module: String::new(),
+                input: Bytes::new(),
+            },
+        ),
+        ("stop", ToAgent::Stop { child: 1 }),
+        ("terminate", ToAgent::Terminate { child: 2 }),
+        ("kill", ToAgent::Kill { child: 3 }),
+        ("heartbeat", ToAgent::Heartbeat),
+    ]
+}
+
+fn from_agent() -> Vec<(&'static str, FromAgent)> {
+    vec![
+        (
+            "child-up",
+            FromAgent::ChildUp {
+                child: 1,
+                pid: 4242,
+                modules: vec!["echo".into(), "sleep".into(), "sha256".into()],
+            },
+        ),
+        (
+            "child-up-no-modules",
+            FromAgent::ChildUp {
+                child: 2,
+                pid: 0,
+                modules: vec![],
+            },
+        ),
+        (
+            "part",
+            FromAgent::Part {
+                child: 1,
+                job: 17,
+                data: Bytes::from_static(b"1\n"),
+            },
+        ),
+        (
+            "done",
+            FromAgent::Done {
+                child: 1,
+                job: 17,
+                retire: false,
+                output: Bytes::from_static(b"hello"),
+            },
+        ),
+        (
+            "done-retire-empty",
+            FromAgent::Done {
+                child: 1,
+                job: 18,
+                retire: true,
+                output: Bytes::new(),
+            },
+        ),
+        (
+            "failed",
+            FromAgent::Failed {
+                child: 1,
+                job: 19,
+                reason: Reason::UnknownModule,
+                message: "no module nope".into(),
+                retire: false,
+            },
+        ),
+        (
+            "stalled",
+            FromAgent::Stalled {
+                child: 1,
+                silent_ms: 6000,
+            },
+        ),
+        (
+            "broken",
+            FromAgent::Broken {
+                child: 1,
+                cause: "sent a bad frame".into(),
+            },
+        ),
+        (
+            "child-gone-signal",
+            FromAgent::ChildGone {
+                child: 1,
+                end: ChildEnd::Status {
+                    code: None,
+                    signal: Some(9),
+                    killed: true,
+                },
+            },
+        ),
+        (
+            "child-gone-code",
+            FromAgent::ChildGone {
+                child: 2,
+                end: ChildEnd::Status {
+                    code: Some(-1),
+                    signal: None,
+                    killed: false,
+                },
+            },
+        ),
+        (
+            "child-gone-spawn-failed",
+            FromAgent::ChildGone {
+                child: 3,
+                end: ChildEnd::SpawnFailed("wait failed".into()),
+            },
+        ),
+        ("heartbeat", FromAgent::Heartbeat),
+        ("draining", FromAgent::Draining),
+    ]
+}
+
+/// Malformed agent-link frame bodies (no length prefix).
+fn bad_agent_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    // One past the last variant of each enum.
+    let mut b = BytesMut::new();
+    b.put_u32_le(9);
+    out.push(("from-agent-variant-9", b.to_vec()));
+    let mut b = BytesMut::new();
+    b.put_u32_le(7);
+    out.push(("to-agent-variant-7", b.to_vec()));
+    // ChildUp claiming 2^64-1 module names in a small frame.
+    let mut b = BytesMut::new();
+    b.put_u32_le(0);
+    b.put_u64_le(1);
+    b.put_u32_le(4242);
+    b.put_u64_le(u64::MAX);
+    out.push(("child-up-modules-len-max", b.to_vec()));
+    // ChildGone with ChildEnd variant 2, and with an option tag of 2.
+    let mut b = BytesMut::new();
+    b.put_u32_le(6);
+    b.put_u64_le(1);
+    b.put_u32_le(2);
+    out.push(("child-end-variant-2", b.to_vec()));
+    let mut b = BytesMut::new();
+    b.put_u32_le(6);
+    b.put_u64_le(1);
+    b.put_u32_le(0);
+    b.put_u8(2);
+    out.push(("child-end-option-tag-2", b.to_vec()));
+    // A heartbeat with a payload it may not have.
+    let mut b = body(&FromAgent::Heartbeat);
+    b.extend_from_slice(b"junk");
+    out.push(("heartbeat-trailing-bytes", b));
+    // A Refused whose message claims just over the header limit.
+    let mut b = BytesMut::new();
+    b.put_u32_le(1);
+    b.put_u64_le(HEADER_LIMIT as u64 + 1);
+    b.put_slice(b"no");
+    out.push(("refused-message-over-header-limit", b.to_vec()));
+    // A Welcome cut in the middle of its instance.
+    let b = body(&to_agent()[0].1);
+    out.push(("welcome-truncated", b[..14].to_vec()));
+    // A Done whose retire flag is 2.
+    let mut b = body(&from_agent()[3].1);
+    b[4 + 8 + 8] = 2;
+    out.push(("done-bool-2", b));
+    out
 }
 
 /// Malformed frame bodies (no length prefix).
@@ -637,6 +831,59 @@ pub fn seeds() -> Vec<Seed> {
         "hello-variant-2".into(),
         whole(&with_prefix(&two)),
     );
+
+    // agent_link: script + stream, as frame_decoder; a one-frame stream
+    // less its prefix is also a bare body.
+    for (n, m) in to_agent() {
+        add("agent_link", format!("to-agent-{n}"), whole(&frame(&m)));
+    }
+    for (n, m) in from_agent() {
+        add("agent_link", format!("from-agent-{n}"), whole(&frame(&m)));
+    }
+    add(
+        "agent_link",
+        "hello-agent".into(),
+        whole(&frame(&Hello::Agent(AgentHello {
+            version: PROTOCOL_VERSION,
+            token: Some("s3cret-token".into()),
+            name: "box1".into(),
+            slots: 4,
+            pid: 4242,
+        }))),
+    );
+    let orders: Vec<u8> = to_agent().iter().flat_map(|(_, m)| frame(m)).collect();
+    let reports: Vec<u8> = from_agent().iter().flat_map(|(_, m)| frame(m)).collect();
+    add("agent_link", "link-orders".into(), whole(&orders));
+    add("agent_link", "link-reports".into(), whole(&reports));
+    add(
+        "agent_link",
+        "link-reports-byte-by-byte-pending".into(),
+        Script::encode(&[1], true, false, &reports),
+    );
+    add(
+        "agent_link",
+        "link-orders-chunks-3-1-7".into(),
+        Script::encode(&[3, 1, 7], false, false, &orders),
+    );
+    let job = frame(&to_agent()[2].1);
+    add(
+        "agent_link",
+        "job-truncated".into(),
+        whole(&job[..job.len() - 2]),
+    );
+    add(
+        "agent_link",
+        "job-then-length-ffffffff".into(),
+        whole(&[&job[..], &[0xff; 4][..]].concat()),
+    );
+    add(
+        "agent_link",
+        "length-limit-plus-one".into(),
+        whole(&[&(max + 1).to_be_bytes()[..], b"abc"].concat()),
+    );
+    for (n, b) in bad_agent_bodies() {
+        add("agent_link", format!("bad-{n}"), whole(&with_prefix(&b)));
+    }
 
     // http_routes: "METHOD TARGET" line, headers, blank line, body;
     // requests separated by a "%%" line.
