@@ -162,18 +162,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKMASTER_NATS_ACK_WAIT", default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub nats_ack_wait: f64,
     /// The certificate chain (PEM) agents see on --agent-listen.
-    #[arg(
-        long,
-        env = "TASKMASTER_TLS_CERT",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "TASKMASTER_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(
-        long,
-        env = "TASKMASTER_TLS_KEY",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "TASKMASTER_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Seconds a job may run before it fails `timeout` and its child is
     /// killed (0: no limit). A submit may ask for its own.

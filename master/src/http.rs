@@ -434,7 +434,19 @@ async fn status(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
+    if let Some(shared) = shared_outcome(&api, &id, false).await {
+        return shared;
+    }
     by_id(&api, &id, query, Op::Status).await
+}
+
+/// With `--nats`: a job another master took, from the shared outcomes.
+async fn shared_outcome(api: &Api, id: &str, result: bool) -> Option<Response> {
+    if api.pool.parse_id(id).is_ok() {
+        return None;
+    }
+    let answer = api.pool.shared_outcome(id, result).await?;
+    Some(render(answer, StatusCode::OK))
 }
 
 /// `GET /jobs/{id}/result`.
@@ -445,6 +457,9 @@ async fn result(
 ) -> Response {
     let params = tri!(Params::parse(query, &["wait"]));
     let wait = tri!(params.seconds("wait", MAX_WAIT.as_secs_f64())).unwrap_or_default();
+    if let Some(shared) = shared_outcome(&api, &id, true).await {
+        return shared;
+    }
     let job = tri!(job_number(&api, &id));
     match api.pool.result(job, wait).await {
         Some(answer) => render(answer, StatusCode::OK),

@@ -80,6 +80,8 @@ pub enum NatsError {
 /// The NATS side, connected and set up; [`start`] runs it.
 pub struct Opened {
     cfg: NatsConfig,
+    /// `--job-max` and `--result-ttl`, to make the streams again.
+    limits: (usize, Duration),
     client: async_nats::Client,
     js: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
@@ -111,53 +113,7 @@ pub async fn open(cfg: NatsConfig, job_max: usize, ttl: Duration) -> Result<Open
             .map_err(|e| e.to_string())?;
         client.flush().await.map_err(|e| e.to_string())?;
         let js = jetstream::new(client.clone());
-        let config = stream::Config {
-            name: cfg.stream.clone(),
-            subjects: vec![format!("{}.jobs", cfg.stream)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            max_messages: i64::try_from(job_max).unwrap_or(i64::MAX),
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        let stream = js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
-        let _ = stream;
-        let stream = js
-            .get_stream(cfg.stream.as_str())
-            .await
-            .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
-        let name = format!("{}-runners", cfg.stream);
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: cfg.ack_wait,
-                    // Every redelivery is seen (and answered `error`).
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("consumer {name}: {e}"))?;
-        let name = format!("{}-outcomes", cfg.stream);
-        let config = stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{}.outcomes.*", cfg.stream)],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            ..Default::default()
-        };
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
-        let outcomes = js
-            .get_stream(name.as_str())
-            .await
-            .map_err(|e| format!("stream {name}: {e}"))?;
+        let (consumer, outcomes) = streams(&js, &cfg, job_max, ttl).await?;
         Ok::<_, String>((client, js, consumer, outcomes))
     };
     let (client, js, consumer, outcomes) = tokio::time::timeout(OPEN_TIMEOUT, setup)
@@ -166,11 +122,69 @@ pub async fn open(cfg: NatsConfig, job_max: usize, ttl: Duration) -> Result<Open
         .map_err(err)?;
     Ok(Opened {
         cfg,
+        limits: (job_max, ttl),
         client,
         js,
         consumer,
         outcomes,
     })
+}
+
+/// Makes (or finds, updating its limits) the job stream, its consumer and
+/// the outcome stream. Also run again when the server has lost them (a
+/// NATS restarted without its store).
+async fn streams(
+    js: &jetstream::Context,
+    cfg: &NatsConfig,
+    job_max: usize,
+    ttl: Duration,
+) -> Result<(jetstream::consumer::Consumer<pull::Config>, stream::Stream), String> {
+    let config = stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![format!("{}.jobs", cfg.stream)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_messages: i64::try_from(job_max).unwrap_or(i64::MAX),
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+    let stream = js
+        .get_stream(cfg.stream.as_str())
+        .await
+        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+    let name = format!("{}-runners", cfg.stream);
+    let consumer = stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: cfg.ack_wait,
+                // Every redelivery is seen (and answered `error`).
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {name}: {e}"))?;
+    let name = format!("{}-outcomes", cfg.stream);
+    let config = stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.outcomes.*", cfg.stream)],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?;
+    let outcomes = js
+        .get_stream(name.as_str())
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?;
+    Ok((consumer, outcomes))
 }
 
 /// What the pool tells the NATS task.
@@ -501,6 +515,7 @@ impl Task {
                     headers.insert(H_TIMEOUT, ms.to_string().as_str());
                 }
                 let js = self.opened.js.clone();
+                let (cfg, (job_max, ttl)) = (self.opened.cfg.clone(), self.opened.limits);
                 let subject = format!("{}.jobs", self.opened.cfg.stream);
                 let pool = self.pool.clone().expect("running");
                 // The client would keep a publish while it reconnects and
@@ -517,10 +532,24 @@ impl Task {
                 }
                 // Each publish waits for its own ack, off this loop.
                 tokio::spawn(async move {
-                    let acked = match js.publish_with_headers(subject, headers, input).await {
-                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                    let publish = || async {
+                        match js
+                            .publish_with_headers(subject.clone(), headers.clone(), input.clone())
+                            .await
+                        {
+                            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
                     };
+                    let mut acked = publish().await;
+                    if acked.as_ref().is_err_and(|e| e.contains("no stream")) {
+                        // The server lost the streams (restarted without its
+                        // store): make them again, once, and retry.
+                        warn!("the NATS server has no job stream; making it again");
+                        if streams(&js, &cfg, job_max, ttl).await.is_ok() {
+                            acked = publish().await;
+                        }
+                    }
                     if acked.is_ok() && detached {
                         pool.send_nats(NatsEvent::Published { job });
                     }

@@ -121,7 +121,17 @@ async fn ended(client: &Client, id: &str) -> JobResult {
 async fn two_masters_share_the_queue_and_answer_from_either() {
     let nats = Nats::start("share");
     let mut a = master(&nats, &["--pool-start", "2", "--pool-max", "2"]);
-    let mut b = master(&nats, &["--pool-start", "2", "--pool-max", "2"]);
+    let mut b = master(
+        &nats,
+        &[
+            "--pool-start",
+            "2",
+            "--pool-max",
+            "2",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
     let client = a.client().await;
     // Eight jobs of 300 ms through A: four children in all, so both
     // masters' children must run them.
@@ -155,6 +165,11 @@ async fn two_masters_share_the_queue_and_answer_from_either() {
     }
     let view = other.status(&id).await.unwrap();
     assert_eq!(view.module, "echo");
+    // And over B's HTTP API.
+    let body = taskmaster_tests::http("GET", &b.url(&format!("/jobs/{id}/result")), "").await;
+    assert_eq!(body.text(), "far");
+    let body = taskmaster_tests::http("GET", &b.url(&format!("/jobs/{id}")), "").await;
+    assert_eq!(body.json()["status"], "completed");
     // A failure travels too, with its reason.
     let f = match client.do_task("fail", "boom").await {
         Err(ClientError::Job(f)) => f,

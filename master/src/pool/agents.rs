@@ -161,7 +161,11 @@ impl Pool {
         } else {
             warn!(agent = %agent.name, address = %agent.address, %cause, "agent lost");
         }
-        let how = if agent.draining { "drained and left" } else { "lost" };
+        let how = if agent.draining {
+            "drained and left"
+        } else {
+            "lost"
+        };
         let message = format!("{} ({}) {how}: {cause}", agent.name, agent.address);
         self.events.emit(|| Event {
             message: Some(message),
