@@ -126,7 +126,7 @@ pub async fn run(
         nats,
     );
     if let Some(runner) = runner {
-        tokio::spawn(runner.run(pool.clone()));
+        tokio::spawn(runner.run());
     }
     // Subscribed here, before this task first yields and so before the
     // pool actor runs: its `pool-ready` cannot come and go unseen.

@@ -9,6 +9,7 @@
 //! child. Both sides send a heartbeat every [`LINK_HEARTBEAT`]; a side that
 //! hears nothing for [`LINK_SILENCE`] drops the link.
 
+pub use crate::messages::AgentHello;
 use crate::messages::Message;
 use crate::reason::Reason;
 use bytes::Bytes;
@@ -21,22 +22,6 @@ pub const LINK_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// A link silent this long (no frame at all) is lost.
 pub const LINK_SILENCE: Duration = Duration::from_millis(2_000);
-
-/// An agent's hello.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentHello {
-    /// [`crate::PROTOCOL_VERSION`] of the agent.
-    pub version: u32,
-    /// The client token, when the master requires one.
-    pub token: Option<String>,
-    /// The agent's name (`--name`, default its host name), shown in stats
-    /// and in the message of a job its loss fails.
-    pub name: String,
-    /// The children it runs (`--slots`).
-    pub slots: u32,
-    /// The agent process's pid on its host.
-    pub pid: u32,
-}
 
 /// How a child on an agent ended (the agent's reading of its exit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ pub enum Hello {
     Client(ClientHello),
     /// An agent lending its host's children (only on `--agent-listen`;
     /// see [`crate::agent`]).
-    Agent(crate::agent::AgentHello),
+    Agent(AgentHello),
 }
 
 /// A handler child's hello.
@@ -49,6 +49,22 @@ pub struct HandlerHello {
     pub secret: [u8; SECRET_LEN],
     /// Names of the modules this child runs.
     pub modules: Vec<String>,
+}
+
+/// An agent's hello (see [`crate::agent`] for the link it opens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    /// [`PROTOCOL_VERSION`] of the agent.
+    pub version: u32,
+    /// The client token, when the master requires one.
+    pub token: Option<String>,
+    /// The agent's name (`--name`, default its host name), shown in stats
+    /// and in the message of a job its loss fails.
+    pub name: String,
+    /// The children it runs (`--slots`).
+    pub slots: u32,
+    /// The agent process's pid on its host.
+    pub pid: u32,
 }
 
 /// A client's hello.

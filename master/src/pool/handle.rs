@@ -83,8 +83,6 @@ pub enum PoolCmd {
     },
     /// An agent is stopping: its children finish their jobs, take no more.
     AgentDraining(u64),
-    /// The NATS side reports (`--nats`).
-    Nats(crate::nats::NatsEvent),
     /// An agent's link is gone (its children's exits were sent first).
     AgentGone {
         /// The link's number.
@@ -155,11 +153,6 @@ impl PoolHandle {
                 view.message.unwrap_or_default(),
             ),
         })
-    }
-
-    /// Sends the actor a command (the NATS side's events).
-    pub(crate) fn send_cmd(&self, cmd: PoolCmd) {
-        self.send(cmd);
     }
 
     pub(super) fn send(&self, cmd: PoolCmd) {

@@ -332,6 +332,7 @@ impl Pool {
         tokio::pin!(idle_sleep);
         let mut armed: Option<Instant> = None;
         let mut committed = self.store.as_ref().map(|s| s.committed());
+        let mut nats_events = self.nats.as_mut().and_then(|n| n.side.events.take());
         loop {
             if self.idle_check != armed {
                 armed = self.idle_check;
@@ -355,6 +356,11 @@ impl Pool {
                 }
                 Some(done) = durable(&mut committed), if !self.acks.is_empty() => {
                     self.durable_upto(done);
+                    continue;
+                }
+                Some(event) = async { nats_events.as_mut()?.recv().await } => {
+                    self.nats_event(event);
+                    self.tell_free();
                     continue;
                 }
             };
@@ -394,7 +400,6 @@ impl Pool {
                 }
                 PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
                 PoolCmd::AgentDraining(id) => self.agent_draining(id),
-                PoolCmd::Nats(event) => self.nats_event(event),
             }
             self.tell_free();
             if self.shutting_down && self.children.is_empty() {

@@ -120,6 +120,15 @@ impl Pool {
                     // dropped.
                     let msg = "cancelled while queued (the child it was sent to may still run it; its answer is dropped)";
                     self.finish(job, Some(reply), End::Failed(Reason::Cancelled, msg.into()));
+                } else if self
+                    .nats
+                    .as_ref()
+                    .is_some_and(|n| n.remote.contains_key(&job))
+                {
+                    // Published: whichever master fetches it runs it.
+                    return Answer::invalid(format!(
+                        "job {id} is in the shared NATS queue, where it cannot be cancelled"
+                    ));
                 } else {
                     warn!(job, "job to cancel not found in the queue or a child");
                     return Answer::conflict(id, status);
