@@ -251,6 +251,17 @@ async fn job_max_is_the_streams_limit_and_a_full_stream_is_overload() {
     assert_eq!(f.reason, Reason::Overload, "{f:?}");
     running.finish().await.unwrap();
     assert_eq!(&waiting.finish().await.unwrap().output[..], b"w");
+    // More than a NATS message carries (1 MiB by default): refused, saying
+    // so, not lost.
+    let f = match client.do_task("echo", vec![b'x'; 1 << 20]).await {
+        Err(ClientError::Job(f)) => f,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(f.reason, Reason::Error, "{f:?}");
+    assert!(
+        f.message.contains("over what the NATS server carries"),
+        "{f:?}"
+    );
 }
 
 #[test]

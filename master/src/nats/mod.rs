@@ -41,6 +41,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fetch waits for messages before asking again.
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 
+/// Bytes of a message's headers at most (ids, module name, subject): the
+/// rest of NATS's `max_payload` is the job's.
+const HEADER_ROOM: usize = 4096;
+
 const H_ID: &str = "TM-Id";
 const H_JOB: &str = "TM-Job";
 const H_MODULE: &str = "TM-Module";

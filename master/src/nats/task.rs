@@ -113,6 +113,18 @@ impl Task {
                 timeout_ms,
                 detached,
             } => {
+                let limit = self.room();
+                if input.len() > limit {
+                    let _ = self.pool.send(NatsEvent::Refused {
+                        job,
+                        reason: Reason::Error,
+                        message: format!(
+                            "input of {} bytes is over what the NATS server carries ({limit} bytes with headers)",
+                            input.len()
+                        ),
+                    });
+                    return;
+                }
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", id.as_str());
                 headers.insert(H_ID, id.as_str());
@@ -210,6 +222,19 @@ impl Task {
     /// `term`: the message is terminated instead of acked (it must never
     /// be delivered again, and did not run here).
     fn finish(&self, mut f: Fetched, end: Result<Bytes, (Reason, String)>, term: bool) {
+        // An output NATS cannot carry would leave its submitter waiting
+        // (and the job reported lost later): it fails, saying why.
+        let limit = self.room();
+        let end = match end {
+            Ok(output) if output.len() > limit => Err((
+                Reason::Error,
+                format!(
+                    "output of {} bytes is over what the NATS server carries ({limit} bytes with headers)",
+                    output.len()
+                ),
+            )),
+            end => end,
+        };
         // A job submitted here is answered here, NATS or not.
         if let Some(job) = self.local_job(&f) {
             let pool = &self.pool;
@@ -283,6 +308,13 @@ impl Task {
                 warn!(job = %f.id, error = %e, "cannot ack the job's message");
             }
         });
+    }
+
+    /// The most payload bytes one message may carry: the server's
+    /// `max_payload` less room for our headers.
+    fn room(&self) -> usize {
+        let max = self.opened.client.server_info().max_payload;
+        max.saturating_sub(HEADER_ROOM)
     }
 
     /// The job number of a fetched job submitted to this very master (its
