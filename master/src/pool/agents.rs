@@ -136,6 +136,20 @@ impl Pool {
         Some(id)
     }
 
+    /// Takes every child of `agent` out of dispatch (its link is lost:
+    /// their exits follow one by one).
+    pub(super) fn stop_agent_slots(&mut self, agent: u64) {
+        let mine: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, s)| s.agent == Some(agent) && s.state != State::Stopping)
+            .map(|(&c, _)| c)
+            .collect();
+        for child in mine {
+            self.set_state(child, State::Stopping);
+        }
+    }
+
     /// An agent's link is gone; its children's exits came first (each
     /// failed its job), so only the record is left.
     pub(super) fn agent_gone(&mut self, id: u64, cause: String) {
@@ -148,6 +162,7 @@ impl Pool {
             .filter(|(_, s)| s.agent == Some(id))
             .map(|(&c, _)| c)
             .collect();
+        self.stop_agent_slots(id);
         if !orphans.is_empty() {
             // The link reports every child it announced before it goes;
             // any left would hold jobs forever.

@@ -432,6 +432,13 @@ impl Pool {
     }
 
     pub(super) fn child_exited(&mut self, id: ChildId, info: ExitInfo) {
+        if let (ExitInfo::Lost(_), Some(agent)) =
+            (&info, self.children.get(&id).and_then(|s| s.agent))
+        {
+            // Its agent's other children go the same way: none may take
+            // a job (a retry of this one) before its own exit is told.
+            self.stop_agent_slots(agent);
+        }
         let Some(mut slot) = self.children.remove(&id) else {
             return;
         };
