@@ -109,6 +109,29 @@ pub fn fresh_secret() -> [u8; SECRET_LEN] {
     secret
 }
 
+/// Why a handler's hello is refused, if it is: `secret` and `pid` are what
+/// its spawner knows of the child it names, `attached` whether that child
+/// has connected already (a replayed hello). Shared by the master's pool
+/// and the agent, which check their children alike.
+pub fn refuse_hello(
+    hello: &taskmaster_proto::messages::HandlerHello,
+    secret: &[u8; SECRET_LEN],
+    pid: Option<u32>,
+    attached: bool,
+) -> Option<&'static str> {
+    if attached {
+        Some("replayed")
+    } else if !taskmaster_proto::handshake::secrets_match(secret, &hello.secret) {
+        Some("wrong secret")
+    } else if pid.is_some_and(|p| p != hello.pid) {
+        Some("wrong pid")
+    } else if hello.version != taskmaster_proto::PROTOCOL_VERSION {
+        Some("another protocol version")
+    } else {
+        None
+    }
+}
+
 /// Launches real handler processes.
 pub struct ProcessLauncher {
     /// The handler program.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use taskmaster_proto::agent::{ChildEnd, FromAgent, ToAgent, LINK_HEARTBEAT, LINK_SILENCE};
 use taskmaster_proto::codec::{self, FrameReader};
-use taskmaster_proto::handshake::{read_hello, secrets_match, HELLO_TIMEOUT};
+use taskmaster_proto::handshake::{read_hello, HELLO_TIMEOUT};
 use taskmaster_proto::messages::{HandlerHello, Hello};
 use taskmaster_proto::SECRET_LEN;
 use tokio::io::AsyncRead;
@@ -262,14 +262,11 @@ impl Agent {
             );
             return;
         };
-        let good = !kid.attached
-            && secrets_match(&kid.secret, &hello.secret)
-            && kid.pid.is_none_or(|p| p == hello.pid)
-            && hello.version == taskmaster_proto::PROTOCOL_VERSION;
-        if !good {
+        if let Some(why) = crate::child::refuse_hello(&hello, &kid.secret, kid.pid, kid.attached) {
             warn!(
                 child = hello.child_id,
                 pid = hello.pid,
+                why,
                 "handler hello refused; closing"
             );
             return;

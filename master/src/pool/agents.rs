@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::events::Event;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use taskmaster_proto::stats::AgentInfo;
 use tracing::{info, warn};
 
@@ -106,30 +106,17 @@ impl Pool {
         }
         let id = self.next_child;
         self.next_child += 1;
-        self.children.insert(
-            id,
-            Slot {
-                pid: Some(pid),
-                state: State::Starting,
-                ctl,
-                secret: [0; SECRET_LEN],
-                attached: true,
-                jobs: VecDeque::new(),
-                window: 0,
-                kill_cause: None,
-                generation: self.generation,
-                jobs_done: 0,
-                job_limit: self.job_limit(),
-                retire_when_free: false,
-                idle_since: Instant::now(),
-                // Its start-up is its agent's business: its death is never
-                // a start-up failure of the master's handler, and its first
-                // job does not clear the master's breaker.
-                started: true,
-                ready_at: None,
-                agent: Some(agent),
-            },
-        );
+        // Its start-up is its agent's business: its death is never a
+        // start-up failure of the master's handler, and its first job does
+        // not clear the master's breaker. (No secret: it is connected.)
+        let slot = Slot {
+            pid: Some(pid),
+            attached: true,
+            started: true,
+            agent: Some(agent),
+            ..self.new_slot(ctl, [0; SECRET_LEN])
+        };
+        self.children.insert(id, slot);
         self.remote += 1;
         self.starting += 1;
         self.child_ready(id, modules);

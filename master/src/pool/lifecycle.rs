@@ -10,7 +10,6 @@ use crate::job::{JobId, Reply};
 use crate::table::End;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use taskmaster_proto::handshake::secrets_match;
 use taskmaster_proto::messages::HandlerHello;
 use taskmaster_proto::Reason;
 use tokio::sync::mpsc;
@@ -61,32 +60,40 @@ impl Pool {
         self.prefetch();
     }
 
+    /// A slot for a child about to start: no pid yet, not connected, no
+    /// job, this generation's, with a fresh job limit.
+    pub(super) fn new_slot(
+        &self,
+        ctl: mpsc::UnboundedSender<ChildCtl>,
+        secret: [u8; SECRET_LEN],
+    ) -> Slot {
+        Slot {
+            pid: None,
+            state: State::Starting,
+            ctl,
+            secret,
+            attached: false,
+            jobs: VecDeque::new(),
+            window: 0,
+            kill_cause: None,
+            generation: self.generation,
+            jobs_done: 0,
+            job_limit: self.job_limit(),
+            retire_when_free: false,
+            idle_since: Instant::now(),
+            started: false,
+            ready_at: None,
+            agent: None,
+        }
+    }
+
     pub(super) fn spawn_child(&mut self) {
         let id = self.next_child;
         self.next_child += 1;
         let secret = crate::child::fresh_secret();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        self.children.insert(
-            id,
-            Slot {
-                pid: None,
-                state: State::Starting,
-                ctl,
-                secret,
-                attached: false,
-                jobs: VecDeque::new(),
-                window: 0,
-                kill_cause: None,
-                generation: self.generation,
-                jobs_done: 0,
-                job_limit: self.job_limit(),
-                retire_when_free: false,
-                idle_since: Instant::now(),
-                started: false,
-                ready_at: None,
-                agent: None,
-            },
-        );
+        let slot = self.new_slot(ctl, secret);
+        self.children.insert(id, slot);
         self.starting += 1;
         self.counters.spawned += 1;
         self.metrics.spawned.inc();
@@ -147,24 +154,20 @@ impl Pool {
             );
             return;
         };
-        let good_secret = secrets_match(&slot.secret, &hello.secret);
-        let good_pid = slot.pid.is_none_or(|pid| pid == hello.pid);
-        if slot.attached || !good_secret || !good_pid || slot.state != State::Starting {
+        let starting = slot.state == State::Starting;
+        let why = crate::child::refuse_hello(&hello, &slot.secret, slot.pid, slot.attached)
+            .or((!starting).then_some("not starting"));
+        if let Some(why) = why {
             warn!(
                 child = hello.child_id,
                 pid = hello.pid,
                 expected_pid = slot.pid,
-                good_secret,
+                good_secret =
+                    taskmaster_proto::handshake::secrets_match(&slot.secret, &hello.secret),
                 replayed = slot.attached,
-                "handler hello refused; closing"
-            );
-            return;
-        }
-        if hello.version != taskmaster_proto::PROTOCOL_VERSION {
-            warn!(
-                pid = hello.pid,
                 version = hello.version,
-                "handler speaks another protocol version; closing"
+                why,
+                "handler hello refused; closing"
             );
             return;
         }
