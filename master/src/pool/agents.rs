@@ -140,9 +140,9 @@ impl Pool {
     /// An agent's link is gone; its children's exits came first (each
     /// failed its job), so only the record is left.
     pub(super) fn agent_gone(&mut self, id: u64, cause: String) {
-        let Some(agent) = self.agents.remove(&id) else {
+        if !self.agents.contains_key(&id) {
             return;
-        };
+        }
         let orphans: Vec<ChildId> = self
             .children
             .iter()
@@ -152,12 +152,16 @@ impl Pool {
         self.stop_agent_slots(id);
         if !orphans.is_empty() {
             // The link reports every child it announced before it goes;
-            // any left would hold jobs forever.
-            warn!(agent = %agent.name, children = orphans.len(), "agent gone with children still in the pool");
+            // any left would hold jobs forever. (The record stays until
+            // they are failed, so their messages name the agent.)
+            warn!(agent = %self.agent_name(id), children = orphans.len(), "agent gone with children still in the pool");
             for child in orphans {
                 self.child_exited(child, crate::types::ExitInfo::Lost(cause.clone()));
             }
         }
+        let Some(agent) = self.agents.remove(&id) else {
+            return;
+        };
         if agent.draining {
             info!(agent = %agent.name, address = %agent.address, %cause, "agent left after draining");
         } else {

@@ -1,16 +1,38 @@
 //! Model-based test of the pool actor: proptest drives random sequences of
 //! operations (submit echo/sleep/crash/hang jobs, with or without a time
-//! limit, `start-later`, a priority or retries; advance time; a part; crash a child; cancel;
-//! start; SIGHUP; shutdown) against the real actor, with fake children that
-//! follow the child protocol (tokio tasks, paused time, one current-thread
-//! runtime per case).
+//! limit, `start-later`, a priority or retries; advance time; a part; crash
+//! a child; cancel; start; SIGHUP; shutdown; an agent joins, one of its
+//! children dies, its link is lost, it drains) against the real actor,
+//! with fake children that follow the child protocol (tokio tasks, paused
+//! time, one current-thread runtime per case).
+//!
+//! Agents (SPEC section 14) are driven the way their link
+//! (`crate::agents`) drives the pool: `agent_joined`, then `agent_child`
+//! for each ready child (the fake serves the orders the pool sends it, as
+//! the agent would relay them), its reports through `child_event`; the
+//! agent replaces a child that exits; a lost link reports every child it
+//! announced `Exited(Lost)`, then `agent_gone`; a draining agent
+//! (`agent_draining`) replaces no child and leaves (`agent_gone`) when its
+//! last child has exited. A case may start with an agent, and may have no
+//! children of the master's at all (`pool-max` 0: a pure dispatcher).
 //!
 //! After every step it checks the pool against the fakes and a small model
 //! of every submit:
-//! - children: `size` is the number of fake processes alive, never above
-//!   `pool-max` (one more only while a SIGHUP restart is replacing children
-//!   spawned before it); `starting` is the number of fakes not yet ready;
-//!   `busy + idle + starting <= size`; an idle child holds no job;
+//! - children: `size` is the number of fake processes alive (the master's
+//!   and the agents'); the master's own never above `pool-max` (one more
+//!   only while a SIGHUP restart is replacing children spawned before it),
+//!   agents' children apart, and never below `pool-start` (before any
+//!   start-up failure or shutdown); `starting` is the number of fakes not yet
+//!   ready; `busy + idle + starting <= size`; an idle child holds no job;
+//!   the per-child list names each child's agent (and its pid there);
+//! - agents: the stats list the agents joined and not lost, in order, each
+//!   with its slots and its children (and busy ones) now; an agent's child
+//!   ready is refused exactly when it comes after the shutdown or its
+//!   agent's drain; a draining agent's children get no new job; the pool
+//!   stops an agent's child only at shutdown, when its agent drains or
+//!   after `--max-jobs-per-child` jobs; no child
+//!   of a lost agent is left in the pool (the pool drops its orders
+//!   channel), and none is sent a job after its link was lost;
 //! - queue: `queue.len <= job-max` (after crashes, plus one per child that
 //!   died starting and one for a spawn held back by a back-off: admission
 //!   counts a child on its way as room for one job, and a job accepted for
@@ -28,8 +50,15 @@
 //!   part after it, and the answer fits what happened to the job (`ok` only
 //!   for echo/sleep with its input as output, `cancelled` exactly when a
 //!   cancel said ok, `timeout` only with a time limit, `error` only after a
-//!   crash or at shutdown, or as "poison job" for a job with retries, `overload` only at submit, `shutting-down` only
-//!   after shutdown).
+//!   crash, an agent's child's death or a lost agent, or at shutdown, or as
+//!   "poison job" for a job with retries, `overload` only at submit,
+//!   `shutting-down` only after shutdown);
+//! - lost agents: the job each of its children ran fails `error` naming
+//!   the child and the agent ("child P on agent A was lost with its agent
+//!   (cause) while running the job"), or is retried (the retry counter
+//!   says so), and is retried if it has retries left (by the deaths the
+//!   steps caused under it); no other job gets that message; the jobs
+//!   prefetched behind it go back to the queue (they do not fail `error`).
 //!
 //! At the end the pool is shut down (if no step did) and time advanced
 //! until it stops: then every submit, accepted or refused, has exactly one
@@ -69,13 +98,22 @@ const SIGTERM: i32 = 15;
 enum Poke {
     /// Die of SIGSEGV now.
     Crash,
+    /// Exit with code 0 now (a handler that quits on its own).
+    Exit,
     /// Send a part of the running job.
     Part,
+    /// Its agent's link is lost (already reported to the pool): say
+    /// nothing more, and note every order the pool still sends.
+    Lost,
 }
 
 /// A live fake child as the test sees it.
 struct FakeChild {
     poke: mpsc::UnboundedSender<Poke>,
+    /// Its pid (on its agent's host for an agent's child).
+    pid: u32,
+    /// The agent's link it runs on (`None`: the master's own child).
+    agent: Option<u64>,
     ready: bool,
     /// Told to stop or terminate; exits after its exit delay.
     dying: bool,
@@ -85,13 +123,41 @@ struct FakeChild {
     running: Option<(JobId, Instant)>,
 }
 
+/// An agent that joined, as the test sees it.
+struct FakeAgent {
+    name: String,
+    address: String,
+    slots: u32,
+    /// Its link is lost (its children's exits and `agent_gone` sent), or
+    /// it left after draining.
+    lost: bool,
+    /// It is stopping (`agent_draining` sent): no more children.
+    draining: bool,
+    /// Its slots still serving (or about to announce a child).
+    active: u32,
+}
+
 /// Every fake child, shared by the launcher, the fakes and the test.
 #[derive(Default)]
 struct World {
+    /// Children alive in the pool's eyes: the master's own (from launch
+    /// to exit) and agents' (from `agent_child` to exit or link loss).
     children: BTreeMap<ChildId, FakeChild>,
     launched: u64,
     max_id: ChildId,
     exited: u64,
+    /// Agents by link number.
+    agents: BTreeMap<u64, FakeAgent>,
+    /// Agents' children announced so far (their pids).
+    agent_children: u32,
+    /// Children of lost agents: whether the pool has let go of their
+    /// orders (dropped its end of the channel).
+    lost: BTreeMap<ChildId, bool>,
+    /// The test told the pool to shut down (set before the command is sent,
+    /// so an `agent_child` sent after it must be refused).
+    shutdown: bool,
+    /// `--max-jobs-per-child`.
+    max_jobs: u64,
     /// Protocol breaches seen by the fakes (commands they must never get).
     violations: Vec<String>,
 }
@@ -100,6 +166,13 @@ type Shared = Arc<Mutex<World>>;
 
 fn lock(world: &Shared) -> MutexGuard<'_, World> {
     world.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The modules every fake child runs.
+fn modules() -> Vec<String> {
+    ["echo", "sleep", "crash", "hang"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Starts fake children; they take `exit_delay` to die of a SIGTERM.
@@ -125,6 +198,8 @@ impl Launcher for ModelLauncher {
                 id,
                 FakeChild {
                     poke,
+                    pid: 10_000 + id as u32,
+                    agent: None,
                     ready: false,
                     dying: false,
                     jobs: VecDeque::new(),
@@ -137,9 +212,18 @@ impl Launcher for ModelLauncher {
             pool,
             world: self.world.clone(),
             exit_delay: self.exit_delay,
+            agent: None,
         };
         tokio::spawn(fake.run(ctl, poke_rx));
     }
+}
+
+/// How a fake's life in the pool ended.
+enum Gone {
+    /// It exited and said so.
+    Exited,
+    /// Its agent's link was lost.
+    Lost,
 }
 
 struct Fake {
@@ -147,11 +231,26 @@ struct Fake {
     pool: PoolHandle,
     world: Shared,
     exit_delay: Duration,
+    /// The agent's link its reports go through (`None`: the master's own).
+    agent: Option<u64>,
 }
 
 impl Fake {
+    /// Its agent's link is lost: nothing it says reaches the pool any more.
+    fn lost(&self) -> bool {
+        self.agent.is_some() && lock(&self.world).lost.contains_key(&self.id)
+    }
+
+    /// Its agent is draining: it takes no new job.
+    fn draining(&self) -> bool {
+        self.agent
+            .is_some_and(|link| lock(&self.world).agents[&link].draining)
+    }
+
     fn send(&self, event: ChildEvent) {
-        self.pool.child_event(self.id, event);
+        if !self.lost() {
+            self.pool.child_event(self.id, event);
+        }
     }
 
     fn with(&self, f: impl FnOnce(&mut FakeChild)) {
@@ -161,27 +260,51 @@ impl Fake {
     }
 
     /// The process is gone: off the world and reported, in one step, so the
-    /// world and the pool agree whenever the pool answers a query.
-    fn exit(&self, signal: i32, killed_by_master: bool) {
+    /// world and the pool agree whenever the pool answers a query. (An
+    /// agent's child reports through its link, as `ChildGone`; one whose
+    /// link is lost was reported by the link already.)
+    fn exit(&self, info: ExitInfo) -> Gone {
         let mut w = lock(&self.world);
+        if self.agent.is_some() && w.lost.contains_key(&self.id) {
+            return Gone::Lost;
+        }
         w.children.remove(&self.id);
-        w.exited += 1;
-        self.send(ChildEvent::Exited(ExitInfo::Status {
+        // (The pool counts its own processes' exits only.)
+        w.exited += u64::from(self.agent.is_none());
+        self.pool.child_event(self.id, ChildEvent::Exited(info));
+        Gone::Exited
+    }
+
+    fn signal(&self, signal: i32, killed_by_master: bool) -> Gone {
+        self.exit(ExitInfo::Status {
             code: None,
             signal: Some(signal),
             killed_by_master,
-        }));
+        })
     }
 
     fn violation(&self, what: String) {
         lock(&self.world).violations.push(what);
     }
 
-    /// Spawned; ready after `STARTUP`; then runs its jobs in order: `echo`
-    /// answers at once, `sleep` after the milliseconds after the `:` of its
-    /// input, `crash` kills the child (SIGABRT), `hang` never answers. The
-    /// output is the input. Stop and terminate are SIGTERM (the handler's
-    /// default action: it dies), kill is SIGKILL.
+    /// Told to stop after `done` jobs: an agent's child only at shutdown,
+    /// when its agent drains, or after `--max-jobs-per-child` jobs (its
+    /// agent keeps it otherwise: no idle shrink, no SIGHUP restart).
+    fn stopped(&self, done: u64) {
+        let Some(link) = self.agent else {
+            return;
+        };
+        let mut w = lock(&self.world);
+        let spent = w.max_jobs > 0 && done >= w.max_jobs;
+        if !(w.shutdown || w.agents[&link].draining || spent) {
+            w.violations.push(format!(
+                "child {} of agent {link} was told to stop after {done} jobs",
+                self.id
+            ));
+        }
+    }
+
+    /// Spawned; ready after `STARTUP`; then serves.
     async fn run(
         self,
         mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
@@ -202,21 +325,49 @@ impl Fake {
                     }
                     // Like the real child task before its hello: any other
                     // command (or a gone pool) kills the process.
-                    _ => return self.exit(SIGKILL, true),
+                    _ => {
+                        self.signal(SIGKILL, true);
+                        return;
+                    }
                 },
                 p = poke.recv() => {
                     if let Some(Poke::Crash) = p {
-                        return self.exit(SIGSEGV, false);
+                        self.signal(SIGSEGV, false);
+                        return;
                     }
                 }
                 () = tokio::time::sleep_until(ready_at) => break,
             }
         }
         self.with(|c| c.ready = true);
-        let modules = ["echo", "sleep", "crash", "hang"]
-            .map(String::from)
-            .to_vec();
-        self.send(ChildEvent::Ready { modules });
+        self.send(ChildEvent::Ready { modules: modules() });
+        self.serve(ctl, poke).await;
+    }
+
+    /// Runs its jobs in order until it exits: `echo` answers at once,
+    /// `sleep` after the milliseconds after the `:` of its input, `crash`
+    /// kills the child (SIGABRT), `hang` never answers. The output is the
+    /// input. Stop and terminate are SIGTERM (the handler's default action:
+    /// it dies), kill is SIGKILL.
+    async fn serve(
+        &self,
+        mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
+        poke: mpsc::UnboundedReceiver<Poke>,
+    ) -> Gone {
+        match self.serve_jobs(&mut ctl, poke).await {
+            Gone::Exited => Gone::Exited,
+            Gone::Lost => self.drain_lost(&mut ctl).await,
+        }
+    }
+
+    async fn serve_jobs(
+        &self,
+        ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
+        mut poke: mpsc::UnboundedReceiver<Poke>,
+    ) -> Gone {
+        let id = self.id;
+        // Jobs answered.
+        let mut done = 0;
         let mut jobs: VecDeque<(JobId, String, Bytes)> = VecDeque::new();
         // While the front job runs: its deadline (`None`: it hangs).
         let mut running: Option<Option<Instant>> = None;
@@ -238,9 +389,10 @@ impl Fake {
                                 output: input,
                                 retire: false,
                             });
+                            done += 1;
                             continue;
                         }
-                        "crash" => return self.exit(SIGABRT, false),
+                        "crash" => return self.signal(SIGABRT, false),
                         "sleep" => {
                             let ms = std::str::from_utf8(&input)
                                 .ok()
@@ -258,20 +410,36 @@ impl Fake {
                 biased;
                 cmd = ctl.recv() => match cmd {
                     Some(ChildCtl::Job { job, module, input, .. }) => {
+                        if self.lost() {
+                            self.violation(format!("job {job} was sent to child {id} after its agent was lost"));
+                            return Gone::Lost;
+                        }
+                        if self.draining() {
+                            self.violation(format!("job {job} was sent to child {id} after its agent began draining"));
+                        }
                         jobs.push_back((job, module, input));
                         self.with(|c| c.jobs.push_back(job));
                     }
-                    Some(ChildCtl::Stop | ChildCtl::Terminate) => {
+                    Some(ctl @ (ChildCtl::Stop | ChildCtl::Terminate)) => {
+                        if matches!(ctl, ChildCtl::Stop) {
+                            self.stopped(done);
+                        }
                         if dying.is_none() {
                             dying = Some(Instant::now() + self.exit_delay);
                             self.with(|c| c.dying = true);
                         }
                     }
                     Some(ChildCtl::Attach { .. }) => {}
-                    Some(ChildCtl::Kill) | None => return self.exit(SIGKILL, true),
+                    Some(ChildCtl::Kill) | None => return self.signal(SIGKILL, true),
                 },
                 p = poke.recv() => match p {
-                    Some(Poke::Crash) => return self.exit(SIGSEGV, false),
+                    Some(Poke::Crash) => return self.signal(SIGSEGV, false),
+                    Some(Poke::Exit) => return self.exit(ExitInfo::Status {
+                        code: Some(0),
+                        signal: None,
+                        killed_by_master: false,
+                    }),
+                    Some(Poke::Lost) => return Gone::Lost,
                     Some(Poke::Part) => {
                         if let (Some(_), None, Some((job, _, _))) = (running, dying, jobs.front()) {
                             self.send(ChildEvent::Part { job: *job, data: Bytes::from_static(b"part") });
@@ -287,10 +455,148 @@ impl Fake {
                         c.running = None;
                     });
                     self.send(ChildEvent::Done { job, output: input, retire: false });
+                    done += 1;
                 }
                 () = tokio::time::sleep_until(dying.unwrap_or(far)), if dying.is_some() => {
-                    return self.exit(SIGTERM, false);
+                    return self.signal(SIGTERM, false);
                 }
+            }
+        }
+    }
+
+    /// Its agent's link is lost: whatever the pool still orders goes
+    /// nowhere (and no job may be among it: the pool had the child's exit
+    /// before any order after the loss), until the pool lets go.
+    async fn drain_lost(&self, ctl: &mut mpsc::UnboundedReceiver<ChildCtl>) -> Gone {
+        while let Some(cmd) = ctl.recv().await {
+            if let ChildCtl::Job { job, .. } = cmd {
+                self.violation(format!(
+                    "job {job} was sent to child {} after its agent was lost",
+                    self.id
+                ));
+            }
+        }
+        lock(&self.world).lost.insert(self.id, true);
+        Gone::Lost
+    }
+}
+
+/// One of an agent's slots, with its link's part (`crate::agents`): its
+/// child is ready (at once for the first, `STARTUP` after the previous one
+/// exited for a replacement), the link announces it with `agent_child`,
+/// it serves, and when it exits the agent replaces it (unless draining).
+/// A child the pool refuses (shutting down, or its agent draining) is
+/// stopped by the link, and the slot stays empty; a lost link ends the
+/// slot.
+struct AgentSlot {
+    link: u64,
+    pool: PoolHandle,
+    world: Shared,
+    exit_delay: Duration,
+}
+
+impl AgentSlot {
+    /// The pool's answer to `agent_child`: the child is in the world if it
+    /// joined (the test's view of it, and where it is poked).
+    fn joined(
+        &self,
+        id: Option<ChildId>,
+        pid: u32,
+        refuse: bool,
+    ) -> Option<(ChildId, mpsc::UnboundedReceiver<Poke>)> {
+        let mut w = lock(&self.world);
+        let Some(id) = id else {
+            if !refuse {
+                w.violations.push(format!(
+                    "child {pid} of agent {} refused while the pool was not shutting down and the agent not draining",
+                    self.link
+                ));
+            }
+            return None;
+        };
+        if refuse {
+            w.violations.push(format!(
+                "child {pid} of agent {} joined the pool (as {id}) after its shutdown or its agent's drain",
+                self.link
+            ));
+        }
+        if w.agents[&self.link].lost {
+            // The link serves one frame at a time: it cannot be lost while
+            // the pool takes a child (and the steps settle first).
+            w.violations.push(format!(
+                "model: child {pid} of agent {} joined while its link was lost",
+                self.link
+            ));
+            return None;
+        }
+        let (poke, poke_rx) = mpsc::unbounded_channel();
+        w.children.insert(
+            id,
+            FakeChild {
+                poke,
+                pid,
+                agent: Some(self.link),
+                ready: true,
+                dying: false,
+                jobs: VecDeque::new(),
+                running: None,
+            },
+        );
+        Some((id, poke_rx))
+    }
+
+    async fn run(self) {
+        self.serve().await;
+        // A draining agent stops once its last child is gone: its link
+        // closes, with no child left to report.
+        let mut w = lock(&self.world);
+        let agent = w.agents.get_mut(&self.link).expect("joined");
+        agent.active -= 1;
+        if agent.active == 0 && agent.draining && !agent.lost {
+            agent.lost = true;
+            self.pool.agent_gone(self.link, CAUSE.into());
+        }
+    }
+
+    async fn serve(&self) {
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::time::sleep(STARTUP).await;
+            }
+            first = false;
+            let (ctl, ctl_rx) = mpsc::unbounded_channel();
+            let (pid, refuse) = {
+                let mut w = lock(&self.world);
+                let agent = &w.agents[&self.link];
+                if agent.lost {
+                    return;
+                }
+                // (A child ready while its agent drains is announced, and
+                // refused.)
+                let refuse = w.shutdown || agent.draining;
+                w.agent_children += 1;
+                (50_000 + w.agent_children, refuse)
+            };
+            // Sent before this task yields: in the pool's order with the
+            // test's shutdown and drain.
+            let id = self.pool.agent_child(self.link, pid, modules(), ctl).await;
+            let Some((id, poke_rx)) = self.joined(id, pid, refuse) else {
+                return;
+            };
+            let fake = Fake {
+                id,
+                pool: self.pool.clone(),
+                world: self.world.clone(),
+                exit_delay: self.exit_delay,
+                agent: Some(self.link),
+            };
+            if let Gone::Lost = fake.serve(ctl_rx, poke_rx).await {
+                return;
+            }
+            // A draining agent replaces no child.
+            if lock(&self.world).agents[&self.link].draining {
+                return;
             }
         }
     }
@@ -349,8 +655,26 @@ enum Step {
     Advance(u64),
     /// A running child sends a part.
     Part(usize),
-    /// A live child dies of SIGSEGV (starting, idle or busy).
+    /// A live child of the master's dies of SIGSEGV (starting, idle or
+    /// busy).
     Crash(usize),
+    /// An agent joins with this many slots (1 to 3); its children are
+    /// ready at once.
+    AgentJoin(u32),
+    /// An agent's child dies (SIGSEGV, or exit code 0 if `crash` is
+    /// false); its agent replaces it.
+    AgentChildDies {
+        /// Which (of the agents' children alive).
+        i: usize,
+        /// SIGSEGV, or a clean exit.
+        crash: bool,
+    },
+    /// An agent's link is lost: every child it announced is reported
+    /// `Lost`, then the agent gone.
+    AgentLost(usize),
+    /// An agent drains (SIGTERM): its children finish their jobs and are
+    /// not replaced; it leaves (its link closes) when the last is gone.
+    AgentDrains(usize),
     /// Cancel a job.
     Cancel(usize),
     /// Start a start-later job.
@@ -373,6 +697,8 @@ struct Setup {
     max_jobs_per_child: u64,
     /// How long a fake takes to die of SIGTERM.
     exit_delay_ms: u64,
+    /// An agent with this many slots joins before the first step (0: none).
+    agent_at_start: u32,
 }
 
 /// One submit as the model knows it.
@@ -392,6 +718,9 @@ struct JobM {
     crashes_at_submit: u64,
     shutdown_at_submit: bool,
     cancel_ok: bool,
+    /// Children that died under it (crash steps, agents' children dying,
+    /// lost agents) while it ran: each spent one of its retries.
+    deaths: u32,
     /// The furthest status seen (table order: start-later, queued,
     /// processing, finished).
     rank: u8,
@@ -429,6 +758,8 @@ fn config(s: &Setup) -> Config {
     let mut cfg = cli.serve.to_config();
     cfg.pool_start = s.pool_start;
     cfg.pool_max = s.pool_max;
+    // Agents may join (and `pool-max` may be 0: a pure dispatcher).
+    cfg.agents = true;
     cfg.job_max = s.job_max;
     // 0: `auto`.
     cfg.prefetch = match s.prefetch {
@@ -451,6 +782,20 @@ fn config(s: &Setup) -> Config {
     cfg
 }
 
+/// Why the model's lost links are lost.
+const CAUSE: &str = "connection closed";
+
+/// A link just lost.
+struct Cut {
+    link: u64,
+    name: String,
+    /// The job each of its children ran (not answered yet), and the
+    /// child's pid.
+    running: Vec<(JobId, u32)>,
+    /// The jobs prefetched behind those (not answered yet).
+    behind: Vec<JobId>,
+}
+
 struct Case {
     setup: Setup,
     pool: PoolHandle,
@@ -460,7 +805,12 @@ struct Case {
     rx: mpsc::UnboundedReceiver<Outgoing>,
     /// Job `n` is `jobs[n - 1]`: the pool numbers submits in order.
     jobs: Vec<JobM>,
+    /// Deaths of children holding jobs may cause: crash steps (of the
+    /// master's children and of agents'), agents' children that exit,
+    /// lost agents.
     crashes: u64,
+    /// Crash steps of the master's own children.
+    local_crashes: u64,
     /// Crash steps that hit a child before it was ready, and children a
     /// SIGHUP found starting (retired as soon as they are ready).
     startup_crashes: u64,
@@ -470,11 +820,16 @@ struct Case {
     restart_mark: Option<ChildId>,
     /// `queue.len <= job-max` even after crashes.
     strict_queue: bool,
+    /// The last agent's link number.
+    last_link: u64,
+    /// Jobs that ran on an agent's child when its link was lost.
+    lost_running: BTreeSet<JobId>,
 }
 
 impl Case {
     fn new(setup: Setup, strict_queue: bool) -> Case {
         let world = Shared::default();
+        lock(&world).max_jobs = setup.max_jobs_per_child;
         let (pool, done) = pool::start(
             Arc::new(config(&setup)),
             Arc::new(ModelLauncher {
@@ -483,6 +838,7 @@ impl Case {
             }),
             Arc::new(crate::metrics::Metrics::new()),
             INSTANCE.into(),
+            None,
             None,
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -495,12 +851,182 @@ impl Case {
             rx,
             jobs: Vec::new(),
             crashes: 0,
+            local_crashes: 0,
             startup_crashes: 0,
             shutdown: false,
             stopped: false,
             restart_mark: None,
             strict_queue,
+            last_link: 0,
+            lost_running: BTreeSet::new(),
         }
+    }
+
+    /// An agent's link is accepted (`agent_joined`), then its children
+    /// are ready, each announced with `agent_child`.
+    fn join_agent(&mut self, slots: u32) {
+        self.last_link += 1;
+        let link = self.last_link;
+        let name = format!("box{link}");
+        let address = format!("192.0.2.{link}:4{link:04}");
+        lock(&self.world).agents.insert(
+            link,
+            FakeAgent {
+                name: name.clone(),
+                address: address.clone(),
+                slots,
+                lost: false,
+                draining: false,
+                active: slots,
+            },
+        );
+        self.pool.agent_joined(link, name.into(), address, slots);
+        for _ in 0..slots {
+            let slot = AgentSlot {
+                link,
+                pool: self.pool.clone(),
+                world: self.world.clone(),
+                exit_delay: Duration::from_millis(self.setup.exit_delay_ms),
+            };
+            tokio::spawn(slot.run());
+        }
+    }
+
+    /// Loses the link of agent `i` (of those connected): marks it and its
+    /// children lost and reports each child `Exited(Lost)`, noting the jobs
+    /// they held. `None` if no agent is connected.
+    fn cut_link(&mut self, i: usize) -> Option<Cut> {
+        let mut w = lock(&self.world);
+        let live: Vec<u64> = w
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.lost)
+            .map(|(&link, _)| link)
+            .collect();
+        let link = *live.get(i % live.len().max(1))?;
+        let agent = w.agents.get_mut(&link).expect("a live agent");
+        agent.lost = true;
+        let name = agent.name.clone();
+        let ids: Vec<ChildId> = w
+            .children
+            .iter()
+            .filter(|(_, c)| c.agent == Some(link))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            w.lost.insert(id, false);
+        }
+        let unanswered = |job: &JobId| self.jobs[*job as usize - 1].finals.is_empty();
+        let (mut running, mut behind) = (Vec::new(), Vec::new());
+        for id in ids {
+            let c = w.children.remove(&id).expect("alive");
+            // (A child told to terminate ran past its job's time limit:
+            // that job was answered or retried already.)
+            if let Some(&front) = c.jobs.front().filter(|j| !c.dying && unanswered(j)) {
+                running.push((front, c.pid));
+            }
+            behind.extend(c.jobs.iter().skip(1).filter(|j| unanswered(j)));
+            let _ = c.poke.send(Poke::Lost);
+            let info = ExitInfo::Lost(CAUSE.into());
+            self.pool.child_event(id, ChildEvent::Exited(info));
+        }
+        Some(Cut {
+            link,
+            name,
+            running,
+            behind,
+        })
+    }
+
+    /// A child running `job` (if any) was made to die.
+    fn died_under(&mut self, job: Option<JobId>) {
+        if let Some(job) = job {
+            self.jobs[job as usize - 1].deaths += 1;
+        }
+    }
+
+    /// Agent `i` (of those connected) loses its link, as `crate::agents`
+    /// reports it: every child it announced `Exited(Lost)`, then
+    /// `agent_gone`. The job each child ran fails `error` naming the agent
+    /// (or is retried); the jobs prefetched behind it go back to the queue.
+    async fn lose_agent(&mut self, i: usize) -> Res {
+        self.drain()?;
+        let retried_before = self.pool.stats().await.map(|s| s.jobs.retried);
+        let Some(Cut {
+            link,
+            name,
+            running,
+            behind,
+        }) = self.cut_link(i)
+        else {
+            return Ok(());
+        };
+        self.pool.agent_gone(link, CAUSE.into());
+        self.crashes += 1;
+        self.lost_running
+            .extend(running.iter().map(|&(job, _)| job));
+        self.settle().await;
+        self.drain()?;
+        // A child announced now (no link does that) names an unknown agent.
+        let (ctl, _orders) = mpsc::unbounded_channel();
+        let late = self.pool.agent_child(link, 1, modules(), ctl).await;
+        ensure!(
+            late.is_none(),
+            "a child of lost agent {name} joined the pool as {late:?}"
+        );
+        let mut requeued = 0;
+        for (job, pid) in running {
+            let lost = format!(
+                "child {pid} on agent {name} was lost with its agent ({CAUSE}) while running the job"
+            );
+            let shutdown = self.shutdown;
+            let m = &mut self.jobs[job as usize - 1];
+            // Retries left, by the deaths the steps caused under it (a job
+            // with a time limit may have spent some on it; a crash job
+            // spends one on each run).
+            let may_run_again = m.retries > m.deaths
+                && m.deaths + 1 < super::retry::POISON_KILLS
+                && m.timeout.is_none()
+                && m.kind != Kind::Crash
+                && !shutdown;
+            m.deaths += 1;
+            match m.finals.first() {
+                Some(Err((Reason::Error, message))) if message.contains(&lost) => {
+                    ensure!(
+                        !may_run_again,
+                        "job {job} (retries {}, {} children died under it before) ran on child {pid} when agent {name} was lost, and failed: {message}",
+                        m.retries,
+                        m.deaths - 1
+                    );
+                }
+                other => {
+                    ensure!(
+                        m.retries > 0,
+                        "job {job} ran on child {pid} when agent {name} was lost, answered {other:?}, not an error naming the agent"
+                    );
+                    requeued += 1;
+                }
+            }
+        }
+        let retried_after = self.pool.stats().await.map(|s| s.jobs.retried);
+        if let (Some(before), Some(after)) = (retried_before, retried_after) {
+            ensure!(
+                after >= before + requeued,
+                "{requeued} jobs lost with agent {name} not answered, but {} retried",
+                after - before
+            );
+        }
+        for job in behind {
+            let m = &self.jobs[job as usize - 1];
+            // (Back in the queue, a crash job may crash other children at
+            // once: that is no loss of the agent's.)
+            ensure!(
+                m.kind == Kind::Crash || !matches!(m.finals.first(), Some(Err((Reason::Error, _)))),
+                "job {job}, prefetched on a child of lost agent {name}, failed {:?}",
+                m.finals
+            );
+        }
+        Ok(())
     }
 
     /// Lets every task run until none has anything to do, without moving
@@ -589,6 +1115,11 @@ impl Case {
                         Reason::Failed | Reason::UnknownModule => false,
                     };
                     ensure!(ok, "{what} failed {reason}: {message}");
+                    ensure!(
+                        !message.contains("lost with its agent")
+                            || self.lost_running.contains(&job),
+                        "{what} failed {reason}: {message}, but it ran on no lost agent"
+                    );
                 }
             }
             m.finals.push(fin);
@@ -660,6 +1191,7 @@ impl Case {
             crashes_at_submit: self.crashes,
             shutdown_at_submit: self.shutdown,
             cancel_ok: false,
+            deaths: 0,
             rank: 0,
             finished: None,
         });
@@ -694,14 +1226,51 @@ impl Case {
             }
             Step::Crash(i) => {
                 let w = lock(&self.world);
-                if !w.children.is_empty() {
-                    let c = w.children.values().nth(i % w.children.len());
-                    let c = c.expect("in range");
+                let local: Vec<_> = w.children.values().filter(|c| c.agent.is_none()).collect();
+                if !local.is_empty() {
+                    let c = local[i % local.len()];
                     let _ = c.poke.send(Poke::Crash);
                     let starting = !c.ready;
+                    let running = c.jobs.front().copied().filter(|_| !c.dying);
                     drop(w);
+                    self.died_under(running);
                     self.crashes += 1;
+                    self.local_crashes += 1;
                     self.startup_crashes += u64::from(starting);
+                }
+            }
+            Step::AgentJoin(slots) => self.join_agent(slots),
+            Step::AgentChildDies { i, crash } => {
+                let w = lock(&self.world);
+                let remote: Vec<_> = w.children.values().filter(|c| c.agent.is_some()).collect();
+                if !remote.is_empty() {
+                    let poke = if crash { Poke::Crash } else { Poke::Exit };
+                    let c = remote[i % remote.len()];
+                    let _ = c.poke.send(poke);
+                    let running = c.jobs.front().copied().filter(|_| !c.dying);
+                    drop(w);
+                    self.died_under(running);
+                    self.crashes += 1;
+                }
+            }
+            Step::AgentLost(i) => self.lose_agent(i).await?,
+            Step::AgentDrains(i) => {
+                let mut w = lock(&self.world);
+                let up: Vec<u64> = w
+                    .agents
+                    .iter()
+                    .filter(|(_, a)| !a.lost && !a.draining)
+                    .map(|(&link, _)| link)
+                    .collect();
+                if let Some(&link) = up.get(i % up.len().max(1)) {
+                    let agent = w.agents.get_mut(&link).expect("an agent up");
+                    agent.draining = true;
+                    self.pool.agent_draining(link);
+                    if agent.active == 0 {
+                        // No child to wait for: it leaves at once.
+                        agent.lost = true;
+                        self.pool.agent_gone(link, CAUSE.into());
+                    }
                 }
             }
             Step::Cancel(i) => {
@@ -809,6 +1378,7 @@ impl Case {
             }
             Step::Shutdown => {
                 self.shutdown = true;
+                lock(&self.world).shutdown = true;
                 self.pool.shutdown();
             }
         }
@@ -886,9 +1456,16 @@ impl Case {
         // Children against the fakes.
         let w = lock(&self.world);
         let p = &stats.pool;
+        // Agents' children never count against pool-max.
+        let local: Vec<_> = w
+            .children
+            .iter()
+            .filter(|(_, c)| c.agent.is_none())
+            .map(|(&id, _)| id)
+            .collect();
         let stale = self
             .restart_mark
-            .is_some_and(|mark| w.children.keys().any(|&id| id <= mark));
+            .is_some_and(|mark| local.iter().any(|&id| id <= mark));
         let cap = s.pool_max + usize::from(stale);
         let ids: Vec<_> = w.children.keys().collect();
         ensure!(
@@ -898,9 +1475,9 @@ impl Case {
             w.children.len()
         );
         ensure!(
-            p.size <= cap,
-            "{} children ({ids:?}) above pool-max {}{}",
-            p.size,
+            local.len() <= cap,
+            "{} children of the master's ({local:?}) above pool-max {}{}",
+            local.len(),
             s.pool_max,
             if stale {
                 " + 1 (restart under way)"
@@ -916,6 +1493,16 @@ impl Case {
             p.starting,
             p.size
         );
+        // Nor against pool-start: without a start-up failure (a back-off,
+        // the breaker), the pool keeps that many of its own.
+        if !self.shutdown && stats.children.startup_failures == 0 {
+            ensure!(
+                local.len() >= s.pool_start,
+                "{} children of the master's ({local:?}) below pool-start {}",
+                local.len(),
+                s.pool_start
+            );
+        }
         let not_ready = w.children.values().filter(|c| !c.ready).count();
         ensure!(
             p.starting == not_ready,
@@ -946,6 +1533,73 @@ impl Case {
             w.violations
         );
 
+        // Agents: those joined and not lost, each with its children in the
+        // pool (none of a lost agent's is left, so none can get a job).
+        let agent_of = |c: &FakeChild| c.agent.map(|link| w.agents[&link].name.clone());
+        let expected: Vec<_> = w
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.lost)
+            .map(|(&link, a)| {
+                let mine = w.children.values().filter(|c| c.agent == Some(link));
+                let (mut children, mut busy) = (0, 0);
+                for c in mine {
+                    children += 1;
+                    busy += usize::from(!c.jobs.is_empty());
+                }
+                (a.name.clone(), a.address.clone(), a.slots, children, busy)
+            })
+            .collect();
+        let reported: Vec<_> = stats
+            .agents
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.address.clone(),
+                    a.slots,
+                    a.children,
+                    a.busy,
+                )
+            })
+            .collect();
+        ensure!(
+            reported == expected,
+            "stats show agents (name, address, slots, children, busy) {reported:?}, the agents are {expected:?}"
+        );
+        let expected: BTreeMap<ChildId, Option<String>> = w
+            .children
+            .iter()
+            .map(|(&id, c)| (id, agent_of(c)))
+            .collect();
+        let reported: BTreeMap<ChildId, Option<String>> =
+            p.children.iter().map(|c| (c.id, c.agent.clone())).collect();
+        ensure!(
+            reported == expected,
+            "stats show children (id, agent) {reported:?}, the fakes are {expected:?}"
+        );
+        for c in &p.children {
+            if let Some(fake) = w.children.get(&c.id).filter(|f| f.agent.is_some()) {
+                ensure!(
+                    c.pid == Some(fake.pid),
+                    "agent's child {} has pid {:?} in the stats, not {}",
+                    c.id,
+                    c.pid,
+                    fake.pid
+                );
+            }
+        }
+        let held_on: Vec<_> = w
+            .lost
+            .iter()
+            .filter(|(_, &closed)| !closed)
+            .map(|(&id, _)| id)
+            .collect();
+        ensure!(
+            held_on.is_empty(),
+            "the pool still holds the orders channel of children {held_on:?} of lost agents"
+        );
+
         // The queue. Admission counts a child on its way (starting, or
         // about to be spawned for this job) as room for one more job; when
         // that child dies before it is ready, or the spawn waits out a
@@ -960,7 +1614,7 @@ impl Case {
             // admission (it was admitted once), like a requeue after a crash.
             s.job_max
                 + self.startup_crashes as usize
-                + usize::from(self.crashes > 0)
+                + usize::from(self.local_crashes > 0)
                 + stats.jobs.retried as usize
         };
         ensure!(
@@ -1169,6 +1823,7 @@ impl Case {
             self.settle().await;
             self.check().await?;
             self.shutdown = true;
+            lock(&self.world).shutdown = true;
             self.pool.shutdown();
         }
         let mut waited = Duration::ZERO;
@@ -1216,6 +1871,9 @@ fn run_with(setup: Setup, steps: &[Step], strict_queue: bool) -> Res {
         .expect("a runtime");
     rt.block_on(async {
         let mut case = Case::new(setup, strict_queue);
+        if setup.agent_at_start > 0 {
+            case.join_agent(setup.agent_at_start);
+        }
         case.settle().await;
         case.check().await.map_err(|e| format!("at start: {e}"))?;
         for (i, step) in steps.iter().enumerate() {
@@ -1266,16 +1924,29 @@ fn step() -> impl Strategy<Value = Step> {
         5 => any::<usize>().prop_map(Step::Start),
         4 => Just(Step::Restart),
         1 => Just(Step::Shutdown),
+        3 => (1u32..=3).prop_map(Step::AgentJoin),
+        3 => (any::<usize>(), prop::bool::weighted(0.7))
+            .prop_map(|(i, crash)| Step::AgentChildDies { i, crash }),
+        2 => any::<usize>().prop_map(Step::AgentLost),
+        1 => any::<usize>().prop_map(Step::AgentDrains),
     ]
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
-    (1usize..=3)
-        .prop_flat_map(|max| (0..=max.min(2), Just(max)))
-        .prop_flat_map(|(start, max)| {
+    // One case in 8 is a pure dispatcher (`pool-max` 0: only agents'
+    // children), most of them with an agent from the start.
+    prop_oneof![7 => 1usize..=3, 1 => Just(0usize)]
+        .prop_flat_map(|max| {
+            let none = if max == 0 { 1 } else { 4 };
             (
-                Just(start),
+                0..=max.min(2),
                 Just(max),
+                prop_oneof![none => Just(0u32), 1 => 1u32..=3],
+            )
+        })
+        .prop_flat_map(|(start, max, agent)| {
+            (
+                (Just(start), Just(max), Just(agent)),
                 0usize..=4,
                 0usize..=2,
                 100u64..3000,
@@ -1285,17 +1956,24 @@ fn setup() -> impl Strategy<Value = Setup> {
             )
         })
         .prop_map(
-            |(pool_start, pool_max, job_max, prefetch, grace_ms, idle_timeout_ms, jobs, exit)| {
-                Setup {
-                    pool_start,
-                    pool_max,
-                    job_max,
-                    prefetch,
-                    grace_ms,
-                    idle_timeout_ms,
-                    max_jobs_per_child: jobs,
-                    exit_delay_ms: exit,
-                }
+            |(
+                (pool_start, pool_max, agent_at_start),
+                job_max,
+                prefetch,
+                grace_ms,
+                idle_timeout_ms,
+                jobs,
+                exit,
+            )| Setup {
+                pool_start,
+                pool_max,
+                job_max,
+                prefetch,
+                grace_ms,
+                idle_timeout_ms,
+                max_jobs_per_child: jobs,
+                exit_delay_ms: exit,
+                agent_at_start,
             },
         )
 }
@@ -1349,6 +2027,7 @@ fn small(pool_start: usize, pool_max: usize) -> Setup {
         idle_timeout_ms: 60_000,
         max_jobs_per_child: 0,
         exit_delay_ms: 2,
+        agent_at_start: 0,
     }
 }
 
@@ -1413,6 +2092,7 @@ fn a_child_retired_by_a_restart_as_it_starts_is_no_room() {
             idle_timeout_ms: 500,
             max_jobs_per_child: 0,
             exit_delay_ms: 1,
+            agent_at_start: 0,
         };
         let steps = [
             Step::Restart,
@@ -1437,5 +2117,66 @@ fn a_child_retired_by_a_restart_as_it_starts_is_no_room() {
         if let Err(e) = run(setup, &steps) {
             panic!("all_normal {all_normal}: {e}");
         }
+    }
+}
+
+/// A pure dispatcher (`pool-max` 0) with one agent of `slots` slots.
+fn dispatcher(slots: u32, prefetch: usize) -> Setup {
+    Setup {
+        job_max: 4,
+        prefetch,
+        agent_at_start: slots,
+        ..small(0, 0)
+    }
+}
+
+fn submit(kind: Kind, retries: u32) -> Step {
+    Step::Submit {
+        kind,
+        timeout_ms: None,
+        later: false,
+        priority: Priority::Normal,
+        retries,
+    }
+}
+
+/// Found by the model: a link reports its children lost one at a time
+/// (then the agent gone), so while the pool handled the first, the others
+/// still looked alive. A job retried off the first (`--retries 10`) was
+/// sent to an idle sibling on the same dead link, then off that one to the
+/// next: each hop counted as a child it killed, and after the third it was
+/// quarantined as a "poison job" that never killed anything. (Now the first
+/// lost exit takes all the agent's children out of dispatch.)
+#[test]
+fn a_job_retried_off_a_lost_agent_skips_its_other_children() {
+    let steps = [
+        submit(Kind::Sleep(10), 0), // to child 3
+        submit(Kind::Sleep(15), 0), // to child 2
+        submit(Kind::Hang, 10),     // to child 1
+        Step::Advance(20),          // 2 and 3 idle
+        Step::AgentLost(0),         // 1 reported first
+    ];
+    if let Err(e) = run(dispatcher(3, 1), &steps) {
+        panic!("{e}");
+    }
+}
+
+/// Found by the model: a job prefetched behind the running one on a lost
+/// agent's child went back to the queue, but was sent at once to an idle
+/// sibling on the same dead link, and failed `error` ("... was lost with
+/// its agent (connection closed) while running the job") when that one's
+/// loss was reported: a job that never started, without retries.
+#[test]
+fn a_job_prefetched_on_a_lost_agent_goes_back_to_the_queue() {
+    let steps = [
+        submit(Kind::Sleep(10), 0), // to child 2
+        submit(Kind::Hang, 0),      // to child 1
+        submit(Kind::Echo, 0),      // prefetched behind one of them
+        submit(Kind::Echo, 0),      // behind the other
+        Step::Advance(20),          // 2 idle, 1 hangs with an echo behind
+        Step::AgentLost(0),         // 1 reported first
+    ];
+    if let Err(e) = run(dispatcher(2, 2), &steps) {
+        panic!("{e}");
     }
 }
