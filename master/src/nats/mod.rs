@@ -81,7 +81,7 @@ pub enum NatsError {
     StreamName(String),
 }
 
-/// The NATS side, connected and set up; [`start`] runs it.
+/// The NATS side, connected and set up; [`prepare`] makes it ready to run.
 pub struct Opened {
     cfg: NatsConfig,
     /// `--job-max` and `--result-ttl`, to make the streams again.
