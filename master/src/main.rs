@@ -218,6 +218,11 @@ fn main() -> ExitCode {
     // the master then runs on (the NATS client's tasks live there).
     let nats = match cli.serve.nats() {
         None => None,
+        // A restarted master would run its stored jobs itself while the
+        // stream also answers them as lost: never both.
+        Some(_) if cfg.state_dir.is_some() => {
+            return usage_error("--state-dir and --nats do not go together: with --nats the jobs are kept in the NATS stream");
+        }
         Some(nats) => {
             let (job_max, ttl) = (cfg.job_max, cfg.result_ttl);
             match rt.block_on(taskmaster::nats::open(nats, job_max, ttl)) {

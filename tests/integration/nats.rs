@@ -279,6 +279,21 @@ fn nats_unreachable_at_start_exits_2_naming_the_url() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(&url), "{err}");
+    // The stream keeps the jobs: a store of the master's own is refused.
+    let dir = std::env::temp_dir().join(format!("taskmaster-nats-store-{}", std::process::id()));
+    let out = output_within(
+        Command::new(bin("taskmaster"))
+            .args(["--listen", "127.0.0.1:0", "--nats", &url, "--state-dir"])
+            .arg(&dir),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--state-dir and --nats do not go together"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -151,13 +151,7 @@ async fn streams(
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     };
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
-    let stream = js
-        .get_stream(cfg.stream.as_str())
-        .await
-        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+    let stream = ensure_stream(js, config).await?;
     let name = format!("{}-runners", cfg.stream);
     let consumer = stream
         .get_or_create_consumer(
@@ -173,6 +167,16 @@ async fn streams(
         )
         .await
         .map_err(|e| format!("consumer {name}: {e}"))?;
+    let shared = consumer.cached_info().config.ack_wait;
+    if shared != cfg.ack_wait {
+        // The first master made the consumer: its ack wait is everyone's,
+        // and progress acks must come often enough for it.
+        warn!(
+            ack_wait_secs = shared.as_secs_f64(),
+            asked_secs = cfg.ack_wait.as_secs_f64(),
+            "the shared consumer keeps the ack wait it was made with; --nats-ack-wait differs"
+        );
+    }
     let name = format!("{}-outcomes", cfg.stream);
     let config = stream::Config {
         name: name.clone(),
@@ -181,14 +185,42 @@ async fn streams(
         max_age: ttl,
         ..Default::default()
     };
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| format!("stream {name}: {e}"))?;
-    let outcomes = js
-        .get_stream(name.as_str())
-        .await
-        .map_err(|e| format!("stream {name}: {e}"))?;
+    let outcomes = ensure_stream(js, config).await?;
     Ok((consumer, outcomes))
+}
+
+/// Creates the stream `config` names, or updates only our limits on one
+/// that exists: replicas, storage and placement an operator chose (a
+/// three-node cluster's `--replicas 3`) stay as they are.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, String> {
+    let name = config.name.clone();
+    let err = |e: String| format!("stream {name}: {e}");
+    let config = match js.get_stream(name.as_str()).await {
+        Ok(existing) => {
+            let mut keep = existing.cached_info().config.clone();
+            keep.subjects = config.subjects;
+            keep.max_messages = config.max_messages;
+            keep.max_messages_per_subject = config.max_messages_per_subject;
+            keep.max_age = config.max_age;
+            keep.discard = config.discard;
+            js.update_stream(keep)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            None
+        }
+        Err(_) => Some(config),
+    };
+    if let Some(config) = config {
+        js.create_stream(config)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    }
+    js.get_stream(name.as_str())
+        .await
+        .map_err(|e| err(e.to_string()))
 }
 
 /// What the pool tells the NATS task.

@@ -84,7 +84,9 @@ impl Task {
         mut answers: async_nats::Subscriber,
         mut fetched: mpsc::UnboundedReceiver<jetstream::Message>,
     ) {
-        let mut progress = tokio::time::interval(self.opened.cfg.ack_wait / 3);
+        // The consumer's own ack wait (the first master's), not ours.
+        let ack_wait = self.opened.consumer.cached_info().config.ack_wait;
+        let mut progress = tokio::time::interval(ack_wait.min(self.opened.cfg.ack_wait) / 3);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -333,6 +333,8 @@ impl Pool {
         let mut armed: Option<Instant> = None;
         let mut committed = self.store.as_ref().map(|s| s.committed());
         let mut nats_events = self.nats.as_mut().and_then(|n| n.side.events.take());
+        // A master with no child yet (`--pool-start 0`) may still take jobs.
+        self.tell_free();
         loop {
             if self.idle_check != armed {
                 armed = self.idle_check;

@@ -122,7 +122,7 @@ impl Pool {
             0
         } else {
             let room = self.cfg.pool_max.saturating_sub(self.local_children());
-            (self.idle.len() + room).saturating_sub(self.queue.len() + self.starting)
+            (self.idle.len() + room).saturating_sub(self.queue.len())
         };
         if let Some(nats) = &self.nats {
             nats.side.free.send_if_modified(|n| {
