@@ -224,6 +224,12 @@ async fn soak_for(duration: Duration) {
         // loop.
         "--breaker-deaths",
         "1000000",
+        // Every death here must be a kill or a crash job: a child starved
+        // of CPU while the whole suite runs on 2 cores must not also be
+        // killed as silent (seen once: one death more than kills and
+        // crashes). The heartbeat path has its own test (supervision.rs).
+        "--heartbeat",
+        "10",
     ]);
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
