@@ -276,7 +276,7 @@ pub enum NatsEvent {
     Answer {
         /// Job number.
         job: JobId,
-        /// A part (`Ok(None)` never happens), or the end.
+        /// A part, or the end.
         answer: Answer,
     },
     /// A job fetched from the stream, to run here.
@@ -408,6 +408,7 @@ pub async fn prepare(
     let task = Task {
         subject,
         opened,
+        outcomes: outcomes.clone(),
         pool: events_tx,
         inflight: HashMap::new(),
         next_key: 1,

@@ -63,6 +63,8 @@ pub(super) async fn fetcher(
 pub(super) struct Task {
     pub(super) subject: String,
     pub(super) opened: Opened,
+    /// Kept outcomes (a redelivered job that ended is not failed again).
+    pub(super) outcomes: Outcomes,
     /// The pool's inbox for NATS events.
     pub(super) pool: mpsc::UnboundedSender<NatsEvent>,
     pub(super) inflight: HashMap<u64, Fetched>,
@@ -365,11 +367,7 @@ impl Task {
             // Fetched before by a master that is gone or stalled: it may
             // have run, so it never runs again. If it did end (its ack was
             // lost, NATS being down then), its outcome stands.
-            let outcomes = Outcomes {
-                stream: self.opened.outcomes.clone(),
-                prefix: self.opened.cfg.stream.clone(),
-            };
-            if outcomes.get(&f.id).await.is_some() {
+            if self.outcomes.get(&f.id).await.is_some() {
                 debug!(job = %f.id, "job delivered again after it ended; dropping it");
                 let _ = f.msg.ack_with(AckKind::Term).await;
                 return;
