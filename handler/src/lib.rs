@@ -9,6 +9,8 @@
 //! - `args` (private): the command line the master gives its children
 //!   and the secret on stdin.
 //! - `exec` (private): executable modules from `--exec-dir`.
+//! - `journal` (private): the shared-memory copy of answers not yet
+//!   written, which lets answers to prefetched short jobs share a write.
 //! - `lifeline` (private): dying with the master (death signal, parent
 //!   check, socket hang-up watcher) and sending heartbeats.
 //!
@@ -21,6 +23,7 @@
 
 mod args;
 mod exec;
+mod journal;
 mod lifeline;
 pub mod typed;
 
@@ -29,6 +32,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
 use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 use taskmaster_proto::codec::{self, CodecError};
 use taskmaster_proto::messages::{FromHandler, HandlerHello, Hello, ToHandler, PROTOCOL_VERSION};
 use taskmaster_proto::Reason;
@@ -78,6 +82,13 @@ impl Parts<'_> {
     }
 }
 
+/// An answer may wait in our buffer while the next job runs only if that
+/// job's module last ran this fast here...
+const HOLD_RUN: Duration = Duration::from_micros(250);
+/// ...and the oldest answer waiting is younger than this: the bound on
+/// the delay holding answers adds (when run times hold).
+const HOLD_AGE: Duration = Duration::from_millis(1);
+
 /// The socket to the master, with a reusable write buffer.
 struct Conn {
     stream: TcpStream,
@@ -85,12 +96,44 @@ struct Conn {
     max_payload: usize,
     /// Shared with the heartbeat writer (see `lifeline`).
     write_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Where answers not yet written are copied, if the master gave one.
+    journal: Option<journal::Journal>,
+    /// Everything in `buf` is also in the journal: it survives our crash.
+    journaled: bool,
+    /// When the oldest answer in `buf` was made.
+    oldest: Option<Instant>,
 }
 
 impl Conn {
     /// Adds a frame to the write buffer.
     fn push(&mut self, msg: &FromHandler) -> io::Result<()> {
+        self.journaled = false;
         codec::encode(msg, &mut self.buf).map_err(io::Error::other)
+    }
+
+    /// Adds an answer to the write buffer and, while it fits, to the journal.
+    fn push_answer(&mut self, msg: &FromHandler, now: Instant) -> io::Result<()> {
+        let start = self.buf.len();
+        let journaled = self.journaled || start == 0;
+        codec::encode(msg, &mut self.buf).map_err(io::Error::other)?;
+        self.journaled = journaled
+            && self
+                .journal
+                .as_mut()
+                .is_some_and(|j| j.append(&self.buf[start..]));
+        self.oldest.get_or_insert(now);
+        Ok(())
+    }
+
+    /// Whether the answers buffered may wait while a job of a module that
+    /// last ran for `last` here runs: they are all in the journal, the job
+    /// is short, and they have not waited long.
+    fn may_hold(&self, last: Option<Duration>, now: Instant) -> bool {
+        self.journaled
+            && last.is_some_and(|t| t < HOLD_RUN)
+            && self
+                .oldest
+                .is_some_and(|t| now.duration_since(t) < HOLD_AGE)
     }
 
     /// Writes everything buffered.
@@ -100,6 +143,11 @@ impl Conn {
             self.stream.write_all(&self.buf)?;
             self.buf.clear();
         }
+        if let Some(j) = self.journal.as_mut() {
+            j.clear();
+        }
+        self.journaled = true;
+        self.oldest = None;
         Ok(())
     }
 
@@ -213,7 +261,11 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
         }
     }
 
-    let mut table: HashMap<String, Box<dyn Module>> = HashMap::with_capacity(modules.len());
+    // Taken before any thread starts (the environment is changed).
+    let journal = journal::Journal::from_env();
+    // Each module with how long its last job took here.
+    let mut table: HashMap<String, (Box<dyn Module>, Option<Duration>)> =
+        HashMap::with_capacity(modules.len());
     for mut module in modules {
         let name = module.name().to_owned();
         module
@@ -222,7 +274,7 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
                 module: name.clone(),
                 message,
             })?;
-        table.insert(name, module);
+        table.insert(name, (module, None));
     }
     let mut names: Vec<String> = table.keys().cloned().collect();
     names.sort();
@@ -250,6 +302,9 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
         buf: BytesMut::with_capacity(64 * 1024),
         max_payload: args.max_payload,
         write_lock,
+        journaled: true,
+        journal,
+        oldest: None,
     };
     let hello = Hello::Handler(HandlerHello {
         version: PROTOCOL_VERSION,
@@ -261,16 +316,28 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
     codec::encode(&hello, &mut conn.buf).map_err(io::Error::other)?;
 
     loop {
-        // The last answer leaves the process before the next job starts,
-        // even when more jobs are already read (prefetched): if the next
-        // job crashes the process, an answer still in our buffer would be
-        // lost, its job reported failed although it ran, and the crashing
-        // job taken for one never started and run again elsewhere.
-        conn.flush()?;
+        // An answer still in our buffer when the next job crashes the
+        // process would be lost: its job reported failed although it ran,
+        // and the crashing job taken for one never started and run again
+        // elsewhere. So answers leave before the next job starts, unless
+        // they are all in the journal (which outlives us) and the next job
+        // is short and already read: then one write carries many answers.
+        if !frame_buffered(reader.buffer()) {
+            // The read may block: nothing waits in our buffer meanwhile.
+            conn.flush()?;
+        }
         let Some(frame) = codec::read_frame_blocking(&mut reader, args.max_payload)? else {
             break;
         };
         let ToHandler::Job { job, module, input } = codec::decode(frame)?;
+        let mut started = Instant::now();
+        if !conn.buf.is_empty() {
+            let last = table.get(&module).and_then(|(_, last)| *last);
+            if !conn.may_hold(last, started) {
+                conn.flush()?;
+                started = Instant::now();
+            }
+        }
         let answer = match table.get_mut(&module) {
             None => FromHandler::Failed {
                 job,
@@ -278,9 +345,13 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
                 message: format!("this child does not run module {module:?}"),
                 retire: false,
             },
-            Some(m) => run_one(m.as_mut(), job, &input, &mut conn),
+            Some((m, last)) => {
+                let answer = run_one(m.as_mut(), job, &input, &mut conn);
+                *last = Some(started.elapsed());
+                answer
+            }
         };
-        conn.push(&answer)?;
+        conn.push_answer(&answer, Instant::now())?;
         if matches!(answer, FromHandler::Failed { retire: true, .. }) {
             // A panic left the module's state unknown: let the master replace us.
             return Ok(conn.flush()?);
@@ -291,6 +362,13 @@ fn serve(modules: Vec<Box<dyn Module>>) -> Result<(), HandlerError> {
         }
     }
     Ok(conn.flush()?)
+}
+
+/// Whether a whole frame is already in `buf`: reading it will not block.
+fn frame_buffered(buf: &[u8]) -> bool {
+    buf.get(..4)
+        .and_then(|len| len.try_into().ok())
+        .is_some_and(|len: [u8; 4]| buf.len() - 4 >= u32::from_be_bytes(len) as usize)
 }
 
 fn run_one(module: &mut dyn Module, job: u64, input: &[u8], conn: &mut Conn) -> FromHandler {

@@ -5,17 +5,22 @@
 //! Children are started by fork+exec of the handler program
 //! (`tokio::process`), each in its own process group so a terminal's Ctrl-C
 //! reaches only the master, which then stops them in order. The secret goes
-//! on the child's stdin, never argv or the environment.
+//! on the child's stdin, never argv or the environment. Each child also
+//! gets an answer journal (`taskmaster_proto::journal`), read here once its
+//! process is gone, so answers it held back to share a write are not lost.
 
 use crate::flow::{wait_open, Backlog};
+use crate::journal;
 pub use crate::types::ExitInfo;
 use crate::types::{ChildEvent, ChildId, Reporter};
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -206,12 +211,21 @@ impl ProcessLauncher {
                 .arg("--instance")
                 .arg(instance.as_ref());
         }
+        let journal = journal::create();
+        if let Some(file) = &journal {
+            journal::keep_open_across_exec(&mut cmd, file.as_raw_fd());
+        }
         // Spawn here, on the runtime's thread (the master's main thread, which
         // lives as long as the master): the child's death signal is tied to
         // the forking thread, so never fork from a short-lived blocking thread.
         match cmd.spawn() {
             Ok(child) => {
-                let limits = (self.heartbeat, self.max_payload, self.committed.clone());
+                let limits = Limits {
+                    heartbeat: self.heartbeat,
+                    max_payload: self.max_payload,
+                    committed: self.committed.clone(),
+                    journal,
+                };
                 tokio::spawn(supervise(id, child, secret, ctl, pool, limits));
             }
             Err(e) => pool.child_event(
@@ -254,13 +268,17 @@ impl Proc {
     }
 }
 
-/// A child task's settings: heartbeat interval, payload limit, and the job
-/// store's durable watermark.
-type Limits = (
-    Option<Duration>,
-    usize,
-    Option<tokio::sync::watch::Receiver<u64>>,
-);
+/// A child task's settings.
+struct Limits {
+    /// Heartbeat interval.
+    heartbeat: Option<Duration>,
+    /// Payload limit.
+    max_payload: usize,
+    /// The job store's durable watermark.
+    committed: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The child's answer journal, if one could be made.
+    journal: Option<File>,
+}
 
 async fn supervise<R: Reporter>(
     id: ChildId,
@@ -268,7 +286,7 @@ async fn supervise<R: Reporter>(
     secret: [u8; SECRET_LEN],
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
     pool: R,
-    (heartbeat, max_payload, committed): Limits,
+    limits: Limits,
 ) {
     let pid = child.id().unwrap_or(0);
     let mut proc = Proc {
@@ -285,7 +303,6 @@ async fn supervise<R: Reporter>(
     let info = match wait_attach(&mut proc, &mut ctl).await {
         Ok((conn, modules)) => {
             pool.child_event(id, ChildEvent::Ready { modules });
-            let limits = (heartbeat, max_payload, committed);
             serve(id, &mut proc, conn, &mut ctl, &pool, limits).await
         }
         Err(info) => info,
@@ -327,8 +344,17 @@ async fn serve<R: Reporter>(
     conn: ChildConn,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
     pool: &R,
-    (heartbeat, max_payload, mut committed): Limits,
+    limits: Limits,
 ) -> ExitInfo {
+    let Limits {
+        heartbeat,
+        max_payload,
+        mut committed,
+        journal,
+    } = limits;
+    // Once the process is gone: answers it held back, unless it broke the
+    // rules (then nothing more it wrote is believed).
+    let mut trusted = true;
     // Any frame proves the child alive; heartbeats cover the quiet times.
     // Silent for three beats: the pool is told (and kills it). Frames are
     // counted, not timed: no clock read per frame on the hot path.
@@ -383,6 +409,7 @@ async fn serve<R: Reporter>(
                         warn!(pid = proc.pid, %cause, "child output too large; killing it");
                         pool.child_event(id, ChildEvent::Broken { cause });
                         proc.kill();
+                        trusted = false;
                         break;
                     }
                     beats |= matches!(msg, FromHandler::Heartbeat);
@@ -420,6 +447,7 @@ async fn serve<R: Reporter>(
                     warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
                     pool.child_event(id, ChildEvent::Broken { cause: format!("sent a bad frame: {e}") });
                     proc.kill();
+                    trusted = false;
                     break;
                 }
             },
@@ -492,7 +520,10 @@ async fn serve<R: Reporter>(
                 Some(_) => {}
             },
             info = proc.reap() => {
-                drain(id, &mut reader, pool).await;
+                drain(id, &mut reader, &mut gates, pool).await;
+                if let Some(file) = &journal {
+                    forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
+                }
                 return info;
             }
             _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
@@ -522,24 +553,61 @@ async fn serve<R: Reporter>(
     }
     // The connection is gone; the process should follow.
     drop(writer);
-    match tokio::time::timeout(EXIT_WAIT, proc.reap()).await {
+    let info = match tokio::time::timeout(EXIT_WAIT, proc.reap()).await {
         Ok(info) => info,
         Err(_) => {
             proc.kill();
             proc.reap().await
         }
+    };
+    if let Some(file) = journal.as_ref().filter(|_| trusted) {
+        forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
     }
+    info
 }
 
 /// Reads the frames a child wrote just before it exited (a final `Done`
 /// followed by exit must count as done, not as a crash).
-async fn drain<R: Reporter>(id: ChildId, reader: &mut FrameReader<OwnedReadHalf>, pool: &R) {
+async fn drain<R: Reporter>(
+    id: ChildId,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    gates: &mut VecDeque<(u64, Option<Arc<Backlog>>)>,
+    pool: &R,
+) {
     let _ = tokio::time::timeout(DRAIN_WAIT, async {
         while let Ok(Some(msg)) = codec::read_message::<FromHandler, _>(reader).await {
+            if let FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } = &msg {
+                if gates.front().is_some_and(|(front, _)| front == job) {
+                    gates.pop_front();
+                }
+            }
             forward(id, msg, pool);
         }
     })
     .await;
+}
+
+/// Forwards the answers a dead child left in its journal for jobs still
+/// waiting for one (an answer both written and journaled, when the child
+/// died between the two, counts once).
+fn forward_journal<R: Reporter>(
+    id: ChildId,
+    pid: u32,
+    file: &File,
+    gates: &mut VecDeque<(u64, Option<Arc<Backlog>>)>,
+    pool: &R,
+    max_payload: usize,
+) {
+    if gates.is_empty() {
+        return;
+    }
+    let waiting = |job: u64| match gates.iter().position(|(j, _)| *j == job) {
+        Some(at) => gates.remove(at).is_some(),
+        None => false,
+    };
+    for msg in journal::answers_left(pid, file, max_payload, waiting) {
+        forward(id, msg, pool);
+    }
 }
 
 fn forward<R: Reporter>(id: ChildId, msg: FromHandler, pool: &R) {

@@ -46,6 +46,8 @@
 //!   - `stats.rs`: `/healthz` and the stats figures.
 //!   - `tests.rs`, `model.rs`: unit tests and the proptest model.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
+//! - [`journal`]: each child's answer journal (made at spawn, read back
+//!   after its death).
 //! - [`job`]: a job, where its answers go, answers to job operations.
 //! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
 //! - [`events`]: lifecycle events for `GET /events` and `taskmaster events`.
@@ -75,6 +77,7 @@ pub mod events;
 pub mod flow;
 pub mod http;
 pub mod job;
+pub mod journal;
 pub mod listener;
 pub mod metrics;
 pub mod nats;

@@ -13,6 +13,8 @@
 //! - [`jobs`]: job ids, statuses, submit options and the JSON bodies of
 //!   job operations, shared with the master's HTTP API.
 //! - [`stats`]: [`Stats`], the `taskmaster stats` figures.
+//! - [`journal`]: the answer journal a child shares with its master (the
+//!   answers it has not written yet survive its crash).
 //! - [`agent`]: the agent link (`taskmaster agent` to `--agent-listen`):
 //!   its hello, its two message enums, its heartbeat pace.
 //! - [`client`]: the async client (many jobs in flight, parts, job
@@ -45,6 +47,7 @@ pub mod client;
 pub mod codec;
 pub mod handshake;
 pub mod jobs;
+pub mod journal;
 pub mod messages;
 pub mod reason;
 pub mod stats;

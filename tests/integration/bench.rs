@@ -215,3 +215,60 @@ async fn answers_before_a_crash_in_the_same_window_are_kept() {
     assert_eq!(stats.jobs.failed, 1, "only the crash: {stats:?}");
     assert_eq!(stats.children.exited, 1, "the crash ran once: {stats:?}");
 }
+
+/// A module known to be quick crashes while the child holds answers back
+/// to share one write (the answer journal): the answers it held are read
+/// from the journal, so the jobs it finished complete, only the crash fails,
+/// and it runs once.
+#[tokio::test]
+async fn answers_held_back_survive_a_crash_through_the_journal() {
+    let master = Master::ready(&[
+        "--pool-start",
+        "1",
+        "--pool-max",
+        "1",
+        "--prefetch",
+        "16",
+        "--job-max",
+        "1000",
+    ]);
+    let client = master.client().await;
+    // Both modules have run here and were quick: the child may hold
+    // answers while either runs.
+    for (module, input, out) in [("echo", "x", "x"), ("crash", "no", "no crash")] {
+        let done = client.submit(module, input, Bytes::new()).unwrap();
+        assert_eq!(done.finish().await.unwrap().output, out.as_bytes());
+    }
+    let hold = client.submit("sleep", "200", Bytes::new()).unwrap();
+    wait_stats(&client, "the child busy", |s| s.pool.busy == 1).await;
+    let echo = |range: std::ops::Range<u32>| -> Vec<_> {
+        range
+            .map(|i| {
+                let job = client.submit("echo", i.to_string(), Bytes::new()).unwrap();
+                (i, job)
+            })
+            .collect()
+    };
+    let before = echo(0..8);
+    let crash = client.submit("crash", "", Bytes::new()).unwrap();
+    let after = echo(8..12);
+    wait_stats(&client, "all in the child's window", |s| {
+        s.jobs.submitted == 16 && s.queue.len == 0
+    })
+    .await;
+    hold.finish().await.unwrap();
+    for (i, job) in before.into_iter().chain(after) {
+        let out = job
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("echo {i}: {e:?}"));
+        assert_eq!(out.output, i.to_string().as_bytes());
+    }
+    match crash.finish().await {
+        Err(taskmaster_tests::ClientError::Job(f)) => assert_eq!(f.reason, Reason::Error),
+        other => panic!("{other:?}"),
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.jobs.failed, 1, "only the crash: {stats:?}");
+    assert_eq!(stats.children.exited, 1, "the crash ran once: {stats:?}");
+}
