@@ -2,10 +2,12 @@
 //! matched by tag (they may come back in any order), parts streamed as they
 //! arrive.
 //!
-//! A reader task routes each answer to the job's own channel; a writer task
+//! A reader task routes each answer to the job's own inbox; a writer task
 //! batches submits into few writes. Both end when the [`Client`] is dropped
 //! or the master hangs up; jobs still waiting then see
 //! [`ClientError::Disconnected`].
+
+mod inbox;
 
 use crate::codec::{self, CodecError};
 use crate::jobs::{
@@ -15,8 +17,8 @@ use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
 use crate::reason::Reason;
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
+use inbox::{ByTag, Inbox};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,13 +184,23 @@ impl Reply {
 
 #[derive(Default)]
 struct Routes {
-    jobs: HashMap<u64, mpsc::UnboundedSender<JobEvent>>,
-    stats: HashMap<u64, oneshot::Sender<String>>,
-    ops: HashMap<u64, oneshot::Sender<Reply>>,
-    events: HashMap<u64, mpsc::UnboundedSender<(String, String)>>,
+    jobs: ByTag<Arc<Inbox<JobEvent>>>,
+    stats: ByTag<oneshot::Sender<String>>,
+    ops: ByTag<oneshot::Sender<Reply>>,
+    events: ByTag<mpsc::UnboundedSender<(String, String)>>,
     /// The master's job-id prefix, for the ids of answers.
     instance: Arc<str>,
     closed: bool,
+}
+
+impl Drop for Routes {
+    /// Jobs still waiting when the client and its reader are gone see
+    /// [`ClientError::Disconnected`].
+    fn drop(&mut self) {
+        for inbox in self.jobs.values() {
+            inbox.close();
+        }
+    }
 }
 
 /// A connection to a master.
@@ -210,7 +222,7 @@ impl Drop for Client {
 /// Answers of one submitted job.
 pub struct JobHandle {
     tag: u64,
-    rx: mpsc::UnboundedReceiver<JobEvent>,
+    inbox: Arc<Inbox<JobEvent>>,
 }
 
 impl JobHandle {
@@ -221,7 +233,7 @@ impl JobHandle {
 
     /// The next part or the final answer.
     pub async fn next_event(&mut self) -> Result<JobEvent, ClientError> {
-        self.rx.recv().await.ok_or(ClientError::Disconnected)
+        self.inbox.next().await.ok_or(ClientError::Disconnected)
     }
 
     /// Waits for the final answer, skipping parts.
@@ -288,10 +300,10 @@ impl Client {
             .await;
         });
         let routes = Arc::new(Mutex::new(Routes {
-            jobs: HashMap::new(),
-            stats: HashMap::new(),
-            ops: HashMap::new(),
-            events: HashMap::new(),
+            jobs: ByTag::default(),
+            stats: ByTag::default(),
+            ops: ByTag::default(),
+            events: ByTag::default(),
             instance: instance.clone(),
             closed: false,
         }));
@@ -356,13 +368,13 @@ impl Client {
             });
         }
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
         {
             let mut routes = self.routes.lock().expect("routes lock");
             if routes.closed {
                 return Err(ClientError::Disconnected);
             }
-            routes.jobs.insert(tag, tx);
+            routes.jobs.insert(tag, inbox.clone());
         }
         let msg = ToMaster::Submit {
             tag,
@@ -375,7 +387,7 @@ impl Client {
             self.routes.lock().expect("routes lock").jobs.remove(&tag);
             return Err(ClientError::Disconnected);
         }
-        Ok(JobHandle { tag, rx })
+        Ok(JobHandle { tag, inbox })
     }
 
     /// Submits a job without waiting for it (fire and forget, or
@@ -550,8 +562,8 @@ async fn route_answers(
         let mut routes = routes.lock().expect("routes lock");
         match msg {
             ToClient::Part { tag, data } => {
-                if let Some(tx) = routes.jobs.get(&tag) {
-                    let _ = tx.send(JobEvent::Part(data));
+                if let Some(inbox) = routes.jobs.get(&tag) {
+                    inbox.push(JobEvent::Part(data), false);
                 }
             }
             ToClient::Completed {
@@ -560,13 +572,14 @@ async fn route_answers(
                 context,
                 output,
             } => {
-                if let Some(tx) = routes.jobs.remove(&tag) {
-                    let _ = tx.send(JobEvent::Completed(Completed {
+                if let Some(inbox) = routes.jobs.remove(&tag) {
+                    let done = Completed {
                         job,
                         id: format_id(&routes.instance, job),
                         output,
                         context,
-                    }));
+                    };
+                    inbox.push(JobEvent::Completed(done), true);
                 }
             }
             ToClient::Failed {
@@ -576,14 +589,15 @@ async fn route_answers(
                 message,
                 context,
             } => {
-                if let Some(tx) = routes.jobs.remove(&tag) {
-                    let _ = tx.send(JobEvent::Failed(JobFailure {
+                if let Some(inbox) = routes.jobs.remove(&tag) {
+                    let failure = JobFailure {
                         job,
                         id: format_id(&routes.instance, job),
                         reason,
                         message,
                         context,
-                    }));
+                    };
+                    inbox.push(JobEvent::Failed(failure), true);
                 }
             }
             ToClient::Stats { tag, json } => {
@@ -615,7 +629,9 @@ async fn route_answers(
     }
     let mut routes = routes.lock().expect("routes lock");
     routes.closed = true;
-    routes.jobs.clear();
+    for (_, inbox) in routes.jobs.drain() {
+        inbox.close();
+    }
     routes.stats.clear();
     routes.ops.clear();
     routes.events.clear();

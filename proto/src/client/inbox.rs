@@ -1,0 +1,91 @@
+//! Per-job inboxes and the tag-keyed maps of the client's reader.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// Tags are this connection's own counter: a multiplicative hash spreads
+/// them well at a fraction of SipHash's cost (no peer chooses them).
+#[derive(Default)]
+pub(super) struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(super) type ByTag<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
+
+/// One job's answers on their way to its `JobHandle`: parts, then the
+/// final answer. Not a channel per job: tokio's unbounded channel
+/// allocates a block for 32 events (some 3 KiB) for each, which a client
+/// with thousands of jobs a second pays in `malloc`.
+pub(super) struct Inbox<T> {
+    state: Mutex<InboxState<T>>,
+    notify: Notify,
+}
+
+struct InboxState<T> {
+    events: VecDeque<T>,
+    /// No more events will come (the final one is in, or the connection is
+    /// gone).
+    closed: bool,
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Inbox {
+            state: Mutex::new(InboxState {
+                events: VecDeque::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Adds an event; `last`: no more will come.
+    pub(super) fn push(&self, event: T, last: bool) {
+        {
+            let mut state = self.state.lock().expect("inbox lock");
+            state.events.push_back(event);
+            state.closed |= last;
+        }
+        self.notify.notify_one();
+    }
+
+    /// No more events will come.
+    pub(super) fn close(&self) {
+        self.state.lock().expect("inbox lock").closed = true;
+        self.notify.notify_one();
+    }
+
+    /// The next event, or `None` once the inbox is closed and empty.
+    pub(super) async fn next(&self) -> Option<T> {
+        loop {
+            {
+                let mut state = self.state.lock().expect("inbox lock");
+                if let Some(event) = state.events.pop_front() {
+                    return Some(event);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            // A push between the check and here left a permit: no wake-up
+            // is lost.
+            self.notify.notified().await;
+        }
+    }
+}
