@@ -270,6 +270,9 @@ impl Pool {
         if self.shares_queue(&job.reply) {
             return self.publish(job);
         }
+        if let Some(child) = self.coalesce(&job) {
+            return self.start_job(child, job);
+        }
         if let Some(child) = self.idle.pop_front() {
             return self.start_job(child, job);
         }
@@ -277,6 +280,28 @@ impl Pool {
         self.queue.push_back(job);
         self.replenish();
         self.prefetch();
+    }
+
+    /// Under `auto`, the child already sent a job in this round, if the
+    /// job should join that write rather than wake an idle child: both
+    /// quick, the window short.
+    fn coalesce(&self, job: &Queued) -> Option<ChildId> {
+        if self.cfg.prefetch != Prefetch::Auto {
+            return None;
+        }
+        let (child, round) = self.hot?;
+        if round != self.round {
+            return None;
+        }
+        let est = self.run_times.estimate(&job.module);
+        let s = self.children.get(&child)?;
+        (est <= estimate::COALESCE
+            && s.state == State::Busy
+            && s.jobs.len() < estimate::COALESCE_JOBS
+            && s.window.saturating_add(est) <= estimate::BUDGET
+            && !s.retire_when_free
+            && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit))
+            .then_some(child)
     }
 
     /// Sends a job to a ready child (idle, or busy with room to prefetch).
@@ -306,6 +331,7 @@ impl Pool {
         };
         match slot.ctl.send(ctl) {
             Ok(()) => {
+                self.hot = Some((child, self.round));
                 let runs_now = slot.jobs.is_empty();
                 if runs_now {
                     slot.state = State::Busy;

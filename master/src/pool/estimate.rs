@@ -23,6 +23,11 @@ use std::time::Duration;
 pub const BUDGET: u64 = 2_000;
 /// Most jobs one child holds under `auto`.
 pub const MAX_WINDOW: usize = 64;
+/// A job estimated at most this (µs) may join the write of the child sent
+/// a job in the same round instead of waking an idle child...
+pub const COALESCE: u64 = 500;
+/// ...while that child holds fewer than this many jobs.
+pub const COALESCE_JOBS: usize = 8;
 /// The estimate of a module with no finished job yet: never short.
 pub const UNKNOWN: u64 = 1 << 40;
 

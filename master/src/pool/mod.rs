@@ -177,6 +177,11 @@ struct Pool {
     /// Ready children without a job; the most recently freed first, so a
     /// warm child takes the next job.
     idle: VecDeque<ChildId>,
+    /// The child sent a job in this round of commands (`round`), whose
+    /// write has not gone out yet.
+    hot: Option<(ChildId, u64)>,
+    /// Rounds of commands: one ends when the pool's inbox is empty.
+    round: u64,
     queue: queue::Queue,
     starting: usize,
     /// Children holding at least one job.
@@ -278,6 +283,8 @@ pub fn start(
         handle: handle.clone(),
         children: HashMap::new(),
         idle: VecDeque::new(),
+        hot: None,
+        round: 0,
         queue: queue::Queue::default(),
         starting: 0,
         busy: 0,
@@ -404,6 +411,9 @@ impl Pool {
                 PoolCmd::AgentDraining(id) => self.agent_draining(id),
             }
             self.tell_free();
+            if rx.is_empty() {
+                self.round += 1;
+            }
             if self.shutting_down && self.children.is_empty() {
                 self.fail_remote();
                 // Outcomes still on their way to the disk get there first.

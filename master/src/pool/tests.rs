@@ -45,7 +45,8 @@ fn exited(code: Option<i32>, signal: Option<i32>) -> ChildEvent {
     })
 }
 
-/// A child that runs `echo`, `sleep` (tokio time) and `crash`.
+/// A child that runs `echo`, `pid` (its fake pid), `sleep` (tokio time)
+/// and `crash`.
 async fn fake_child(
     id: ChildId,
     mut ctl: mpsc::UnboundedReceiver<ChildCtl>,
@@ -63,7 +64,7 @@ async fn fake_child(
         },
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let modules = ["echo", "sleep", "crash"].map(String::from).to_vec();
+    let modules = ["echo", "pid", "sleep", "crash"].map(String::from).to_vec();
     pool.child_event(id, ChildEvent::Ready { modules });
     while let Some(cmd) = ctl.recv().await {
         match cmd {
@@ -75,6 +76,14 @@ async fn fake_child(
                     ChildEvent::Done {
                         job,
                         output: input,
+                        retire: false,
+                    },
+                ),
+                "pid" => pool.child_event(
+                    id,
+                    ChildEvent::Done {
+                        job,
+                        output: Bytes::from((1000 + id).to_string()),
                         retire: false,
                     },
                 ),
@@ -130,7 +139,11 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
         state_dir: None,
         max_payload: 1 << 20,
         grace: Duration::from_secs(2),
-        prefetch: crate::config::Prefetch::Fixed(prefetch),
+        // 0: `auto`.
+        prefetch: match prefetch {
+            0 => crate::config::Prefetch::Auto,
+            n => crate::config::Prefetch::Fixed(n),
+        },
         job_timeout: None,
         keep_results: 100,
         result_ttl: Duration::from_secs(3600),
@@ -424,4 +437,45 @@ async fn prefetch_never_holds_back_growth() {
         assert!(h.next_final().await.1.is_ok());
     }
     assert_eq!(h.fake.launched.load(Ordering::SeqCst), 3);
+}
+
+/// Under `auto`, quick jobs that arrive in one round join the write of the
+/// child already sent one in that round instead of waking the idle child
+/// (`Pool::coalesce`); a job never joins a slow job's window while a child
+/// is idle.
+#[tokio::test(start_paused = true)]
+async fn auto_coalesces_quick_jobs_of_one_round_but_never_behind_a_slow_one() {
+    let mut h = harness_with(2, 2, 100, 0);
+    h.wait_for("2 idle", |s| s.pool.idle == 2).await;
+    // Estimates first: `pid` quick, `sleep` slow.
+    let warm = h.submit("pid", "");
+    assert_eq!(h.next_final().await.0, warm);
+    let slow = h.submit("sleep", "3000");
+    h.wait_for("the sleep running", |s| s.pool.busy == 1).await;
+    let (tag, res) = h.next_final().await;
+    assert_eq!(tag, slow);
+    assert!(res.is_ok());
+    // One round: four quick jobs, all to one child.
+    let tags: Vec<u64> = (0..4).map(|_| h.submit("pid", "")).collect();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in &tags {
+        let (tag, res) = h.next_final().await;
+        assert!(tags.contains(&tag));
+        pids.insert(res.expect("pid answered"));
+    }
+    assert_eq!(pids.len(), 1, "one child took the round: {pids:?}");
+    // One round: a slow job, then a quick one: the quick one goes to the
+    // idle child, not behind the slow one.
+    let slow = h.submit("sleep", "3000");
+    let quick = h.submit("pid", "");
+    let (tag, res) = h.next_final().await;
+    assert_eq!(tag, quick, "the quick job answered first");
+    let quick_pid = res.expect("pid answered");
+    let (tag, res) = h.next_final().await;
+    assert_eq!(tag, slow);
+    assert_ne!(
+        res.expect("sleep answered"),
+        quick_pid,
+        "not behind the sleep"
+    );
 }
