@@ -11,8 +11,7 @@
 use crate::child::ChildCtl;
 use crate::config::Token;
 use crate::pool::PoolHandle;
-use crate::types::{ChildEvent, ChildId, ExitInfo};
-use std::collections::HashMap;
+use crate::types::{ChildEvent, ChildId, ExitInfo, FastMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -212,7 +211,7 @@ where
         name: name.clone(),
         pool: pool.clone(),
         out: out.clone(),
-        children: HashMap::new(),
+        children: FastMap::default(),
         max_payload: cfg.max_payload,
         committed: cfg.committed.clone(),
     };
@@ -236,7 +235,7 @@ struct Link {
     pool: PoolHandle,
     out: mpsc::UnboundedSender<ToAgent>,
     /// The agent's child ids of the children in the pool, and theirs there.
-    children: HashMap<u64, ChildId>,
+    children: FastMap<u64, ChildId>,
     max_payload: usize,
     committed: Option<watch::Receiver<u64>>,
 }

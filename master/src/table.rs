@@ -6,10 +6,9 @@
 
 use crate::job::{Answer, Body, JobId, Queued};
 use crate::store::StoredJob;
-use crate::types::ChildId;
+use crate::types::{ChildId, FastMap};
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use taskmaster_proto::jobs::{format_id, JobList, JobRef, JobStatus, JobView};
@@ -105,7 +104,7 @@ pub struct Ended {
 pub struct JobTable {
     instance: Arc<str>,
     limits: Limits,
-    records: HashMap<JobId, Record, BuildHasherDefault<IdHasher>>,
+    records: FastMap<JobId, Record>,
     /// The wall clock at a monotonic instant: times are kept as `Instant`s
     /// (one cheap clock read each) and turned into wall time only when
     /// shown.
@@ -158,33 +157,13 @@ impl Epoch {
     }
 }
 
-/// Job numbers are consecutive: a multiplicative hash spreads them well
-/// and costs a fraction of SipHash on the hot path (the keys are the
-/// master's own, never a peer's).
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 impl JobTable {
     /// An empty table for the master run `instance`.
     pub fn new(instance: Arc<str>, limits: Limits) -> JobTable {
         JobTable {
             instance,
             limits,
-            records: HashMap::default(),
+            records: FastMap::default(),
             epoch: Epoch(SystemTime::now(), Instant::now()),
             finished: VecDeque::new(),
             result_bytes: 0,

@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::events::Event;
-use std::collections::HashSet;
+use crate::types::FastSet;
 use taskmaster_proto::stats::AgentInfo;
 use tracing::{info, warn};
 
@@ -18,7 +18,7 @@ pub(super) struct AgentRec {
     pub(super) address: String,
     pub(super) slots: u32,
     /// The modules its children run.
-    pub(super) modules: HashSet<Arc<str>>,
+    pub(super) modules: FastSet<Arc<str>>,
     /// It is stopping: its children finish their jobs and take no more.
     pub(super) draining: bool,
 }
@@ -59,7 +59,7 @@ impl Pool {
                 name,
                 address,
                 slots,
-                modules: HashSet::new(),
+                modules: FastSet::default(),
                 draining: false,
             },
         );

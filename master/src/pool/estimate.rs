@@ -24,7 +24,7 @@
 //! awake child running a few in a row is cheaper for everyone. The bound
 //! on the extra wait is the same budget.
 
-use std::collections::HashMap;
+use crate::types::FastMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ pub const UNKNOWN: u64 = 1 << 40;
 /// Per-module moving averages of run time, in µs.
 #[derive(Default)]
 pub struct RunTimes {
-    by_module: HashMap<Arc<str>, u64>,
+    by_module: FastMap<Arc<str>, u64>,
 }
 
 impl RunTimes {

@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::table::{JobTable, Limits};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::jobs::parse_id;
@@ -77,6 +77,7 @@ pub use handle::{Health, PoolCmd, PoolHandle};
 use breaker::Breaker;
 
 pub use crate::types::{ChildEvent, ChildId};
+use crate::types::{FastMap, FastSet};
 
 /// Starts children; the real one spawns processes, tests use fakes.
 pub trait Launcher: Send + Sync + 'static {
@@ -173,7 +174,7 @@ struct Pool {
     cfg: Arc<Config>,
     launcher: Arc<dyn Launcher>,
     handle: PoolHandle,
-    children: HashMap<ChildId, Slot>,
+    children: FastMap<ChildId, Slot>,
     /// Ready children without a job; the most recently freed first, so a
     /// warm child takes the next job.
     idle: VecDeque<ChildId>,
@@ -213,11 +214,11 @@ struct Pool {
     /// Children in `children` that run on agents.
     remote: usize,
     /// Module names the master's own children run.
-    local_modules: HashSet<Arc<str>>,
+    local_modules: FastSet<Arc<str>>,
     /// Module names the children run: the master's own and its agents'.
     /// (Shared strings: each job's record points at its module's name
     /// instead of copying it.)
-    modules: HashSet<Arc<str>>,
+    modules: FastSet<Arc<str>>,
     counters: Counters,
     started_at: Instant,
     ready_logged: bool,
@@ -240,9 +241,9 @@ struct NatsState {
     side: crate::nats::PoolSide,
     /// Jobs submitted here and published, waiting for an answer from
     /// whichever master runs them.
-    remote: HashMap<JobId, crate::job::Reply>,
+    remote: FastMap<JobId, crate::job::Reply>,
     /// Detached submits whose id is told only once the stream has them.
-    acks: HashMap<JobId, crate::job::Ack>,
+    acks: FastMap<JobId, crate::job::Ack>,
 }
 
 /// Starts the pool actor; it spawns `pool-start` children at once. The
@@ -263,8 +264,8 @@ pub fn start(
         Some((side, outcomes)) => (
             Some(NatsState {
                 side,
-                remote: HashMap::new(),
-                acks: HashMap::new(),
+                remote: FastMap::default(),
+                acks: FastMap::default(),
             }),
             Some(outcomes),
         ),
@@ -281,7 +282,7 @@ pub fn start(
         cfg,
         launcher,
         handle: handle.clone(),
-        children: HashMap::new(),
+        children: FastMap::default(),
         idle: VecDeque::new(),
         hot: None,
         round: 0,
@@ -301,10 +302,10 @@ pub fn start(
         rolling: None,
         restarting: false,
         events,
-        modules: HashSet::new(),
+        modules: FastSet::default(),
         agents: BTreeMap::new(),
         remote: 0,
-        local_modules: HashSet::new(),
+        local_modules: FastSet::default(),
         counters: Counters::default(),
         started_at: Instant::now(),
         ready_logged: false,
