@@ -243,3 +243,52 @@ async fn auto_prefetch_never_queues_a_quick_job_behind_a_long_one() {
     );
     assert!(long.await.unwrap().is_ok());
 }
+
+/// `--max-jobs-per-child` stays exact under the default `--prefetch auto`
+/// with jobs in flight together (windows and coalescing included): no
+/// child runs more than its limit, and every child that retired ran
+/// exactly that many.
+#[tokio::test]
+async fn auto_prefetch_keeps_max_jobs_per_child_exact() {
+    let master = Master::ready(&[
+        "--pool-start",
+        "2",
+        "--pool-max",
+        "2",
+        "--max-jobs-per-child",
+        "5",
+        "--job-max",
+        "1000",
+    ]);
+    let client = master.client().await;
+    let mut pids: Vec<u32> = Vec::new();
+    // The pool learns that `pid` is quick, then gets 80 at once.
+    for _ in 0..4 {
+        pids.push(pid_answer(&client.do_task("pid", "").await.unwrap()));
+    }
+    let jobs: Vec<_> = (0..80)
+        .map(|_| client.submit("pid", "", Bytes::new()).unwrap())
+        .collect();
+    for job in jobs {
+        pids.push(pid_answer(&job.finish().await.unwrap().output));
+    }
+    let mut per_pid: std::collections::BTreeMap<u32, usize> = Default::default();
+    for p in &pids {
+        *per_pid.entry(*p).or_default() += 1;
+    }
+    assert!(
+        per_pid.values().all(|&n| n <= 5),
+        "a child ran more than 5 jobs: {per_pid:?}"
+    );
+    // 84 jobs at 5 per child: at least 17 children; all but the (at most
+    // two) still running ran exactly 5.
+    let short = per_pid.values().filter(|&&n| n < 5).count();
+    assert!(short <= 2, "children that ran fewer than 5: {per_pid:?}");
+}
+
+fn pid_answer(out: &[u8]) -> u32 {
+    String::from_utf8_lossy(out)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a pid, got {out:?}"))
+}
