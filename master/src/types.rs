@@ -4,8 +4,6 @@
 
 use bytes::Bytes;
 use nix::sys::signal::Signal;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -17,32 +15,9 @@ pub type JobId = u64;
 /// The master's id for a child (not its pid, which the OS may reuse).
 pub type ChildId = u64;
 
-/// A hash for the master's own keys: job and child numbers (consecutive,
-/// so a multiplicative hash spreads them well) and module names (a few
-/// short ones, added only by children, never by a client). SipHash, the
-/// default, guards against keys chosen to collide, which these are not,
-/// and cost the master about a tenth of its instructions per job.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A map keyed by the master's own ids or names ([`FastHasher`]).
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-/// A set of the master's own ids or names ([`FastHasher`]).
-pub type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
+/// The master's own keys (job and child numbers, module names added only
+/// by children) are hashed cheaply, not with SipHash.
+pub use taskmaster_proto::hash::{FastMap, FastSet};
 
 /// Where a child's task sends what happens to its child (the pool).
 pub trait Reporter: Clone + Send + Sync + 'static {

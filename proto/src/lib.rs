@@ -13,6 +13,8 @@
 //! - [`jobs`]: job ids, statuses, submit options and the JSON bodies of
 //!   job operations, shared with the master's HTTP API.
 //! - [`stats`]: [`Stats`], the `taskmaster stats` figures.
+//! - [`hash`]: a cheap hash for a program's own keys (ids, tags, module
+//!   names), shared by the client and the master.
 //! - [`journal`]: the answer journal a child shares with its master (the
 //!   answers it has not written yet survive its crash).
 //! - [`agent`]: the agent link (`taskmaster agent` to `--agent-listen`):
@@ -46,6 +48,7 @@ pub mod agent;
 pub mod client;
 pub mod codec;
 pub mod handshake;
+pub mod hash;
 pub mod jobs;
 pub mod journal;
 pub mod messages;

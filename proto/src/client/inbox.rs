@@ -1,30 +1,10 @@
 //! Per-job inboxes and the tag-keyed maps of the client's reader.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
-/// Tags are this connection's own counter: a multiplicative hash spreads
-/// them well at a fraction of SipHash's cost (no peer chooses them).
-#[derive(Default)]
-pub(super) struct TagHasher(u64);
-
-impl Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-pub(super) type ByTag<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
+pub(super) type ByTag<V> = crate::hash::FastMap<u64, V>;
 
 /// One job's answers on their way to its `JobHandle`: parts, then the
 /// final answer. Not a channel per job: tokio's unbounded channel
