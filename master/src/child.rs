@@ -589,7 +589,9 @@ async fn drain<R: Reporter>(
 
 /// Forwards the answers a dead child left in its journal for jobs still
 /// waiting for one (an answer both written and journaled, when the child
-/// died between the two, counts once).
+/// died between the two, counts once). As on the socket, answers count
+/// only in order: one for the oldest job still waiting; one for a job
+/// behind it (which the child cannot have run yet) is not believed.
 fn forward_journal<R: Reporter>(
     id: ChildId,
     pid: u32,
@@ -601,11 +603,7 @@ fn forward_journal<R: Reporter>(
     if gates.is_empty() {
         return;
     }
-    let waiting = |job: u64| match gates.iter().position(|(j, _)| *j == job) {
-        Some(at) => gates.remove(at).is_some(),
-        None => false,
-    };
-    for msg in journal::answers_left(pid, file, max_payload, waiting) {
+    for msg in journal::answers_left(pid, file, max_payload, journal::oldest_first(gates)) {
         forward(id, msg, pool);
     }
 }

@@ -3,6 +3,7 @@
 //! child, and read back once the child's process is gone, so answers it
 //! held back to share one write are not lost with it.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use taskmaster_proto::journal;
@@ -48,8 +49,25 @@ pub fn keep_open_across_exec(cmd: &mut Command, fd: std::os::fd::RawFd) {
     }
 }
 
-/// The answers the dead child `pid` left in its journal `file` whose jobs
-/// `waiting` says are still waiting for one (it is asked once per answer).
+/// The rule for [`answers_left`], as on the socket: an answer counts only
+/// for the oldest job still waiting (`waiting`: job ids, oldest first,
+/// with whatever the caller keeps beside them), which it then removes. An
+/// answer for a job already answered or never given is skipped; one for a
+/// job behind the oldest (which the child cannot have run yet) is not
+/// believed.
+pub fn oldest_first<T>(waiting: &mut VecDeque<(u64, T)>) -> impl FnMut(u64) -> bool + '_ {
+    |job| {
+        let oldest = waiting.front().is_some_and(|(front, _)| *front == job);
+        if oldest {
+            waiting.pop_front();
+        }
+        oldest
+    }
+}
+
+/// The answers the dead child `pid` left in its journal `file` that
+/// `waiting` takes (it is asked once per answer, in the journal's order,
+/// and says whether that answer's job still waits for it).
 pub fn answers_left(
     pid: u32,
     file: &File,
@@ -89,4 +107,64 @@ pub fn answers_left(
         Err(e) => warn!(pid, error = %e, "unreadable answer journal of a dead child"),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+    use taskmaster_proto::codec;
+
+    fn done(job: u64) -> FromHandler {
+        FromHandler::Done {
+            job,
+            retire: false,
+            output: Bytes::from(job.to_string()),
+        }
+    }
+
+    /// A journal file as a child leaves it: magic, length, frames.
+    fn written(frames: &[FromHandler], len_override: Option<u32>) -> File {
+        let file = create().expect("a memfd");
+        let mut data = BytesMut::new();
+        for f in frames {
+            codec::encode(f, &mut data).unwrap();
+        }
+        let len = len_override.unwrap_or(data.len() as u32);
+        file.write_all_at(&journal::MAGIC, 0).unwrap();
+        file.write_all_at(&len.to_le_bytes(), journal::LENGTH_AT as u64)
+            .unwrap();
+        file.write_all_at(&data, journal::DATA_AT as u64).unwrap();
+        file
+    }
+
+    #[test]
+    fn answers_are_taken_once_and_in_order() {
+        // 3 was answered on the socket too; 4 is the oldest waiting; 6 is
+        // behind 5, which has no answer: not believed.
+        let file = written(&[done(3), done(4), done(6)], None);
+        let mut waiting = VecDeque::from([(4, ()), (5, ()), (6, ())]);
+        let got = answers_left(1, &file, 1024, oldest_first(&mut waiting));
+        let jobs: Vec<u64> = got
+            .iter()
+            .map(|m| match m {
+                FromHandler::Done { job, .. } => *job,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(jobs, [4]);
+        assert_eq!(waiting, [(5, ()), (6, ())]);
+    }
+
+    #[test]
+    fn an_untouched_or_broken_journal_gives_nothing() {
+        let mut waiting = VecDeque::from([(1, ())]);
+        let untouched = create().expect("a memfd");
+        assert!(answers_left(1, &untouched, 1024, oldest_first(&mut waiting)).is_empty());
+        let too_long = written(&[done(1)], Some(journal::DATA_SIZE as u32 + 1));
+        assert!(answers_left(1, &too_long, 1024, oldest_first(&mut waiting)).is_empty());
+        let cut = written(&[done(1)], Some(3));
+        assert!(answers_left(1, &cut, 1024, oldest_first(&mut waiting)).is_empty());
+        assert_eq!(waiting, [(1, ())]);
+    }
 }
