@@ -37,7 +37,7 @@ pub const MAX_WINDOW: usize = 64;
 /// a job in the same round instead of waking an idle child...
 pub const COALESCE: u64 = 500;
 /// ...while that child holds fewer than this many jobs.
-pub const COALESCE_JOBS: usize = 8;
+pub const COALESCE_JOBS: usize = 16;
 /// The estimate of a module with no finished job yet: never short.
 pub const UNKNOWN: u64 = 1 << 40;
 
