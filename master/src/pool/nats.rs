@@ -118,6 +118,10 @@ impl Pool {
     /// idle child waits here while one is spawned, which is how the pool
     /// grows to `pool-max` with a shared queue), less what waits already.
     pub(super) fn tell_free(&mut self) {
+        // Runs after every command: nothing to work out without NATS.
+        if self.nats.is_none() {
+            return;
+        }
         let free = if self.shutting_down || self.breaker.tripped().is_some() {
             0
         } else {
