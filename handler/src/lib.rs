@@ -86,7 +86,8 @@ impl Parts<'_> {
 /// job's module last ran this fast here...
 const HOLD_RUN: Duration = Duration::from_micros(250);
 /// ...and the oldest answer waiting is younger than this: the bound on
-/// the delay holding answers adds (when run times hold).
+/// the delay holding answers adds, as long as that job runs as fast as
+/// last time (nothing flushes the held answers while it runs).
 const HOLD_AGE: Duration = Duration::from_millis(1);
 
 /// The socket to the master, with a reusable write buffer.

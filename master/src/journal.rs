@@ -75,21 +75,11 @@ pub fn answers_left(
     mut waiting: impl FnMut(u64) -> bool,
 ) -> Vec<FromHandler> {
     let mut out = Vec::new();
-    let mut bytes = vec![0u8; journal::DATA_AT];
-    if file.read_exact_at(&mut bytes, 0).is_err() || bytes[..4] != journal::MAGIC {
-        return out;
-    }
-    let len = u32::from_le_bytes(
-        bytes[journal::LENGTH_AT..journal::LENGTH_AT + 4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    if len == 0 {
-        return out;
-    }
-    bytes.resize(journal::DATA_AT + (len as usize).min(journal::DATA_SIZE), 0);
+    // Read only once a child is gone: the whole file, parsed (magic,
+    // length, frames) by the one reader the layout has.
+    let mut bytes = vec![0u8; journal::JOURNAL_SIZE];
     let answers = file
-        .read_exact_at(&mut bytes[journal::DATA_AT..], journal::DATA_AT as u64)
+        .read_exact_at(&mut bytes, 0)
         .map_err(|e| e.to_string())
         .and_then(|()| journal::answers(&bytes, max_payload).map_err(|e| e.to_string()));
     match answers {

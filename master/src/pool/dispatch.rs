@@ -284,9 +284,12 @@ impl Pool {
 
     /// Under `auto`, the child already sent a job in this round, if the
     /// job should join that write rather than wake an idle child: both
-    /// quick, the window short.
+    /// quick, the window short. Growth comes first, as for prefetch: with
+    /// no child idle below `pool-max`, the job waits for a new child.
     fn coalesce(&self, job: &Queued) -> Option<ChildId> {
-        if self.cfg.prefetch != Prefetch::Auto {
+        if self.cfg.prefetch != Prefetch::Auto
+            || (self.idle.is_empty() && self.local_children() < self.cfg.pool_max)
+        {
             return None;
         }
         let (child, round) = self.hot?;
@@ -296,11 +299,8 @@ impl Pool {
         let est = self.run_times.estimate(&job.module);
         let s = self.children.get(&child)?;
         (est <= estimate::COALESCE
-            && s.state == State::Busy
-            && s.jobs.len() < estimate::COALESCE_JOBS
-            && s.window.saturating_add(est) <= estimate::BUDGET
-            && !s.retire_when_free
-            && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit))
+            && s.takes_more(estimate::COALESCE_JOBS)
+            && s.window.saturating_add(est) <= estimate::BUDGET)
             .then_some(child)
     }
 
@@ -419,14 +419,7 @@ impl Pool {
             let target = self
                 .children
                 .iter()
-                .filter(|(_, s)| {
-                    s.state == State::Busy
-                        && s.jobs.len() < cap
-                        && budget.is_none_or(|b| s.window <= b)
-                        && !s.retire_when_free
-                        // A child never holds more jobs than it may still run.
-                        && (s.job_limit == 0 || s.jobs_done + (s.jobs.len() as u64) < s.job_limit)
-                })
+                .filter(|(_, s)| s.takes_more(cap) && budget.is_none_or(|b| s.window <= b))
                 .min_by_key(|(_, s)| {
                     if budget.is_some() {
                         s.window

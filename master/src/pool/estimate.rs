@@ -19,7 +19,8 @@
 //! the child already sent a job in that round instead of waking an idle
 //! child, if the job's estimate is at most [`COALESCE`], that child holds
 //! fewer than [`COALESCE_JOBS`] jobs and its window stays within the
-//! budget. Waking a sleeping child costs tens of µs on a busy machine (a
+//! budget (and, as for prefetch, not while the pool may still grow with no
+//! child idle). Waking a sleeping child costs tens of µs on a busy machine (a
 //! context switch, often on the other CPU); for jobs shorter than that, one
 //! awake child running a few in a row is cheaper for everyone. The bound
 //! on the extra wait is the same budget.

@@ -135,6 +135,18 @@ struct Slot {
     agent: Option<u64>,
 }
 
+impl Slot {
+    /// Busy, and may be sent one more job behind its running one: it holds
+    /// fewer than `cap`, is not retiring, and never holds more jobs than it
+    /// may still run (`--max-jobs-per-child`).
+    fn takes_more(&self, cap: usize) -> bool {
+        self.state == State::Busy
+            && self.jobs.len() < cap
+            && !self.retire_when_free
+            && (self.job_limit == 0 || self.jobs_done + (self.jobs.len() as u64) < self.job_limit)
+    }
+}
+
 /// A job sent to a child.
 struct Held {
     id: JobId,

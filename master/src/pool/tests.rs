@@ -479,3 +479,24 @@ async fn auto_coalesces_quick_jobs_of_one_round_but_never_behind_a_slow_one() {
         "not behind the sleep"
     );
 }
+
+/// Coalescing never holds back growth: below `pool-max`, with no child
+/// idle, a quick job waits for a new child instead of joining the busy
+/// one's write.
+#[tokio::test(start_paused = true)]
+async fn auto_coalescing_never_holds_back_growth() {
+    let mut h = harness_with(1, 3, 100, 0);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let warm = h.submit("pid", "");
+    assert_eq!(h.next_final().await.0, warm);
+    // One round: the first job takes the idle child, the others spawn.
+    let tags: Vec<u64> = (0..3).map(|_| h.submit("pid", "")).collect();
+    for _ in &tags {
+        assert!(h.next_final().await.1.is_ok());
+    }
+    assert_eq!(
+        h.fake.launched.load(Ordering::SeqCst),
+        3,
+        "grew to pool-max"
+    );
+}
