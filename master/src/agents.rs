@@ -454,7 +454,8 @@ async fn orders(
             ChildCtl::Stop => ToAgent::Stop { child },
             ChildCtl::Terminate => ToAgent::Terminate { child },
             ChildCtl::Kill => ToAgent::Kill { child },
-            ChildCtl::Attach { .. } => continue,
+            // Only a local child's wire takes jobs directly (`Sent`).
+            ChildCtl::Attach { .. } | ChildCtl::Sent { .. } => continue,
         };
         if out.send(msg).is_err() {
             return;

@@ -12,28 +12,14 @@ use taskmaster_proto::messages::ToClient;
 use taskmaster_proto::Reason;
 
 pub use crate::flow::Backlog;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+pub use crate::outbox::{Outbox, Outgoing};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 pub use crate::types::JobId;
 
 /// Most JSON bytes in one socket `Reply`: well inside the codec's header
 /// limit, which the JSON shares with the frame's other fields.
 pub const MAX_REPLY_JSON: usize = 60 * 1024;
-
-/// One message for a client connection's writer. The permit travels with a
-/// job's final answer: the connection's reader may only take another job
-/// once the answer is written, which bounds what a client that never reads
-/// can make the master buffer.
-pub struct Outgoing {
-    /// The frame to send.
-    pub msg: ToClient,
-    /// Released when the frame has been encoded.
-    pub permit: Option<OwnedSemaphorePermit>,
-    /// What it added to the connection's backlog (0: not counted), given
-    /// back when it is encoded: the same figure both ways, whatever the
-    /// frame.
-    pub counted: usize,
-}
 
 /// Where a job's parts and final answer go.
 pub enum Reply {
@@ -50,7 +36,7 @@ pub enum Reply {
 /// A socket client's job: answers go to its connection's writer.
 pub struct ConnReply {
     /// The submitting connection's writer.
-    pub tx: mpsc::UnboundedSender<Outgoing>,
+    pub tx: Outbox,
     /// The client's tag.
     pub tag: u64,
     /// The client's opaque context, returned with the final answer.
@@ -63,7 +49,9 @@ pub struct ConnReply {
 }
 
 impl ConnReply {
-    fn send(&self, msg: ToClient, bytes: usize, permit: Option<OwnedSemaphorePermit>) {
+    /// `now`: nothing else is coming this round, so the frame may skip
+    /// the writer task (see [`crate::outbox::send_now`]).
+    fn send(&self, msg: ToClient, bytes: usize, permit: Option<OwnedSemaphorePermit>, now: bool) {
         let counted = match &self.backlog {
             Some(b) => {
                 b.add(bytes);
@@ -71,11 +59,16 @@ impl ConnReply {
             }
             None => 0,
         };
-        let _ = self.tx.send(Outgoing {
+        let out = Outgoing {
             msg,
             permit,
             counted,
-        });
+        };
+        if now {
+            crate::outbox::send_now(&self.tx, out, self.backlog.as_deref());
+        } else {
+            self.tx.send(out);
+        }
     }
 }
 
@@ -111,12 +104,13 @@ impl Reply {
         if let Reply::Conn(c) = self {
             let msg = ToClient::Part { tag: c.tag, data };
             let n = backlog_bytes(&msg);
-            c.send(msg, n, None);
+            c.send(msg, n, None, false);
         }
     }
 
-    /// Sends the response.
-    pub fn completed(self, job: JobId, output: Bytes) {
+    /// Sends the response; `now`: nothing else is coming this round (see
+    /// [`crate::outbox::send_now`]).
+    pub fn completed(self, job: JobId, output: Bytes, now: bool) {
         if let Reply::Nats(n) = self {
             return n.end(Ok(output));
         }
@@ -129,7 +123,7 @@ impl Reply {
             };
             let n = backlog_bytes(&msg);
             let permit = c.permit.take();
-            c.send(msg, n, permit);
+            c.send(msg, n, permit, now);
         }
     }
 
@@ -139,7 +133,7 @@ impl Reply {
             return n.end(Err((reason, message)));
         }
         if let Reply::Conn(c) = self {
-            let _ = c.tx.send(Outgoing {
+            c.tx.send(Outgoing {
                 msg: ToClient::Failed {
                     tag: c.tag,
                     job,
@@ -160,7 +154,7 @@ pub enum Ack {
     /// A socket client: a `Reply` frame with this tag.
     Conn {
         /// The connection's writer.
-        tx: mpsc::UnboundedSender<Outgoing>,
+        tx: Outbox,
         /// The submit's tag.
         tag: u64,
         /// The connection's in-flight slot, released with the answer.
@@ -175,7 +169,7 @@ impl Ack {
     pub fn send(self, answer: Answer) {
         match self {
             Ack::Conn { tx, tag, permit } => {
-                let _ = tx.send(Outgoing {
+                tx.send(Outgoing {
                     msg: answer.into_frame(tag),
                     permit,
                     counted: 0,

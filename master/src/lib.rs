@@ -23,6 +23,8 @@
 //!   evicted); the hello decides child or client.
 //! - [`session`]: one client connection: submits, stats, events and job
 //!   operations in, answers out through a batched writer task.
+//! - [`outbox`]: a client connection's outbox: its batching writer task,
+//!   and the direct write that skips it for the last answer of a round.
 //! - [`flow`]: flow control from a slow client back to the child writing
 //!   for it: a client's [`flow::Backlog`], the [`flow::Total`] of all.
 //! - [`http`]: the HTTP/JSON API (axum), a front end to the pool actor.
@@ -82,6 +84,7 @@ pub mod listener;
 pub mod metrics;
 pub mod nats;
 pub mod notify;
+pub mod outbox;
 pub mod pool;
 pub mod server;
 pub mod session;

@@ -5,6 +5,7 @@
 
 use crate::flow::wait_open;
 use crate::job::{backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outgoing, Reply, Submission};
+use crate::outbox::Outbox;
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use taskmaster_proto::codec::{self, FrameReader};
 use taskmaster_proto::messages::{ClientHello, ToClient, ToMaster, PROTOCOL_VERSION};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// Events waiting to be written to one subscriber before more are dropped.
@@ -56,32 +57,24 @@ pub async fn serve(
     // writer is done, that is until every answer owed has gone out.
     let refused_full = slot.is_none();
     let max_payload = cfg.max_payload;
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    // Frames sent so far: the connection is idle only if nothing went in
-    // or out for a whole idle period (counted, not timed: no clock read per
-    // frame on the hot path).
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let written = sent.clone();
     let (backlog, mut over) =
         Backlog::new(cfg.client_window, cfg.max_client_backlog, cfg.total.clone());
     let unsent = backlog.clone();
     let mut writer_over = over.clone();
+    let (tx, writer) = Outbox::new(write);
     let writer = tokio::spawn(async move {
         let _slot = slot;
         let encode = |out: Outgoing, buf: &mut BytesMut| {
-            written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             unsent.sub(out.counted);
             codec::encode(&out.msg, buf)
         };
-        tokio::select! {
-            r = codec::write_batched(write, rx, encode) => {
-                if let Err(e) = r {
-                    debug!(%peer, error = %e, "client connection write failed");
-                }
-            }
-            // What flow control could not hold back grew past the last
-            // resort: drop the connection rather than buffer without bound.
-            _ = writer_over.wait_for(|over| *over) => {}
+        // What flow control could not hold back grew past the last
+        // resort: drop the connection rather than buffer without bound.
+        let over = async {
+            let _ = writer_over.wait_for(|over| *over).await;
+        };
+        if let Err(e) = writer.run(encode, over).await {
+            debug!(%peer, error = %e, "client connection write failed");
         }
         // Nothing it still holds will be written: children and operations
         // waiting for this client go on.
@@ -92,7 +85,7 @@ pub async fn serve(
     // written.
     let (reading, _) = tokio::sync::watch::channel(());
     let say = |msg| {
-        let _ = tx.send(Outgoing {
+        tx.send(Outgoing {
             msg,
             permit: None,
             counted: 0,
@@ -158,7 +151,7 @@ pub async fn serve(
                 let idle = cfg.client_idle.unwrap_or_default();
                 // Only a connection with nothing in flight is idle: one
                 // waiting for long jobs is not.
-                let now_seen = (received, sent.load(std::sync::atomic::Ordering::Relaxed));
+                let now_seen = (received, tx.written());
                 let quiet = permits.available_permits() == max_in_flight;
                 if quiet && now_seen == seen {
                     info!(%peer, "idle client connection closed (--client-idle-timeout)");
@@ -240,7 +233,7 @@ pub async fn serve(
                         let msg = answer.into_frame(tag);
                         let counted = backlog_bytes(&msg);
                         backlog.add(counted);
-                        let _ = tx.send(Outgoing {
+                        tx.send(Outgoing {
                             msg,
                             permit: Some(permit),
                             counted,
@@ -289,14 +282,11 @@ pub async fn serve(
                             name: event.name.to_owned(),
                             json: event.json(),
                         };
-                        if tx
-                            .send(Outgoing {
-                                msg,
-                                permit: Some(permit),
-                                counted: 0,
-                            })
-                            .is_err()
-                        {
+                        if !tx.send(Outgoing {
+                            msg,
+                            permit: Some(permit),
+                            counted: 0,
+                        }) {
                             return;
                         }
                     }

@@ -36,10 +36,10 @@ pub const LENGTH_BYTES: usize = 4;
 
 /// Writers flush once this much is buffered even if more frames wait, so one
 /// busy peer cannot make a writer hold an unbounded buffer.
-const FLUSH_AT: usize = 256 * 1024;
+pub const FLUSH_AT: usize = 256 * 1024;
 
 /// After a big payload, a writer's buffer is dropped back to this capacity.
-const KEEP_CAPACITY: usize = 64 * 1024;
+pub const KEEP_CAPACITY: usize = 64 * 1024;
 
 type Config = Configuration<LittleEndian, Fixint, Limit<HEADER_LIMIT>>;
 

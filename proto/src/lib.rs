@@ -17,6 +17,9 @@
 //!   names), shared by the client and the master.
 //! - [`journal`]: the answer journal a child shares with its master (the
 //!   answers it has not written yet survive its crash).
+//! - [`outbox`]: one connection's outgoing side: a batching writer task,
+//!   and the direct write that skips it for a message with nothing
+//!   behind it (the master's answers, the client's lone submits).
 //! - [`agent`]: the agent link (`taskmaster agent` to `--agent-listen`):
 //!   its hello, its two message enums, its heartbeat pace.
 //! - [`client`]: the async client (many jobs in flight, parts, job
@@ -52,6 +55,7 @@ pub mod hash;
 pub mod jobs;
 pub mod journal;
 pub mod messages;
+pub mod outbox;
 pub mod reason;
 pub mod stats;
 

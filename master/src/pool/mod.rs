@@ -104,6 +104,10 @@ struct Slot {
     pid: Option<u32>,
     state: State,
     ctl: mpsc::UnboundedSender<ChildCtl>,
+    /// The way to a local child once attached: without a job store the
+    /// pool writes its jobs here itself (`start_job`), telling its task
+    /// after (`ChildCtl::Sent`).
+    wire: Option<crate::child::Wire>,
     secret: [u8; SECRET_LEN],
     attached: bool,
     /// Jobs sent to this child, oldest first: the front one runs, the rest
@@ -195,6 +199,9 @@ struct Pool {
     hot: Option<(ChildId, u64)>,
     /// Rounds of commands: one ends when the pool's inbox is empty.
     round: u64,
+    /// Nothing waits in the pool's inbox behind the message being handled:
+    /// what it sends now is the last of its round.
+    quiet: bool,
     queue: queue::Queue,
     starting: usize,
     /// Children holding at least one job.
@@ -298,6 +305,7 @@ pub fn start(
         idle: VecDeque::new(),
         hot: None,
         round: 0,
+        quiet: false,
         queue: queue::Queue::default(),
         starting: 0,
         busy: 0,
@@ -386,6 +394,7 @@ impl Pool {
                     continue;
                 }
             };
+            self.quiet = rx.is_empty();
             match cmd {
                 PoolCmd::Submit(s) => self.submit(s),
                 PoolCmd::Stats(tx) => {
@@ -423,6 +432,7 @@ impl Pool {
                 PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
                 PoolCmd::AgentDraining(id) => self.agent_draining(id),
             }
+            self.quiet = false;
             self.tell_free();
             if rx.is_empty() {
                 self.round += 1;

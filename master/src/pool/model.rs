@@ -429,7 +429,8 @@ impl Fake {
                             self.with(|c| c.dying = true);
                         }
                     }
-                    Some(ChildCtl::Attach { .. }) => {}
+                    // A model child has no wire: the pool never writes to it.
+                    Some(ChildCtl::Attach { .. } | ChildCtl::Sent { .. }) => {}
                     Some(ChildCtl::Kill) | None => return self.signal(SIGKILL, true),
                 },
                 p = poke.recv() => match p {
@@ -1169,7 +1170,7 @@ impl Case {
                 retries,
             },
             reply: Reply::Conn(ConnReply {
-                tx: self.tx.clone(),
+                tx: crate::job::Outbox::queue_only(self.tx.clone()),
                 tag,
                 context: Bytes::new(),
                 permit: None,

@@ -110,7 +110,7 @@ async fn fake_child(
                 pool.child_event(id, exited(Some(0), None));
                 return;
             }
-            ChildCtl::Attach { .. } => {}
+            ChildCtl::Attach { .. } | ChildCtl::Sent { .. } => {}
         }
     }
 }
@@ -201,7 +201,7 @@ impl Harness {
             input: Bytes::from(input.to_owned()),
             options: Default::default(),
             reply: Reply::Conn(ConnReply {
-                tx: self.tx.clone(),
+                tx: crate::job::Outbox::queue_only(self.tx.clone()),
                 tag: self.next_tag,
                 context: Bytes::new(),
                 permit: None,

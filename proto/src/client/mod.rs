@@ -14,6 +14,7 @@ use crate::jobs::{
     format_id, ErrorBody, FailureBody, JobList, JobRef, JobStatus, JobView, Outcome, SubmitOptions,
 };
 use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
+use crate::outbox::{Outbox, Sent};
 use crate::reason::Reason;
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
@@ -205,7 +206,7 @@ impl Drop for Routes {
 
 /// A connection to a master.
 pub struct Client {
-    out: mpsc::UnboundedSender<ToMaster>,
+    out: Outbox<ToMaster>,
     routes: Arc<Mutex<Routes>>,
     next_tag: AtomicU64,
     max_payload: usize,
@@ -292,12 +293,10 @@ impl Client {
         // Answers may be as large as the master's limit, which can be above
         // the default the hello was read with.
         codec::set_max_payload(&mut reader, max_payload.max(codec::DEFAULT_MAX_PAYLOAD));
-        let (out, rx) = mpsc::unbounded_channel();
+        let (out, writer) = Outbox::new(write);
         tokio::spawn(async move {
-            let _ = codec::write_batched(write, rx, |m: ToMaster, buf: &mut BytesMut| {
-                codec::encode(&m, buf)
-            })
-            .await;
+            let encode = |m: ToMaster, buf: &mut BytesMut| codec::encode(&m, buf);
+            let _ = writer.run(encode, std::future::pending()).await;
         });
         let routes = Arc::new(Mutex::new(Routes {
             jobs: ByTag::default(),
@@ -369,13 +368,15 @@ impl Client {
         }
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let inbox = Arc::new(Inbox::default());
-        {
+        let lone = {
             let mut routes = self.routes.lock().expect("routes lock");
             if routes.closed {
                 return Err(ClientError::Disconnected);
             }
+            let lone = routes.jobs.is_empty();
             routes.jobs.insert(tag, inbox.clone());
-        }
+            lone
+        };
         let msg = ToMaster::Submit {
             tag,
             module: module.to_owned(),
@@ -383,7 +384,14 @@ impl Client {
             options,
             input,
         };
-        if self.out.send(msg).is_err() {
+        // A lone job in flight has nothing to share a write with: it skips
+        // the writer task. With others in flight, submits share writes.
+        let sent = if lone {
+            !matches!(self.out.send_now(msg, codec::encode), Sent::Gone(_))
+        } else {
+            self.out.send(msg)
+        };
+        if !sent {
             self.routes.lock().expect("routes lock").jobs.remove(&tag);
             return Err(ClientError::Disconnected);
         }
@@ -480,9 +488,9 @@ impl Client {
             routes.events.insert(tag, tx);
         }
         let job = job.unwrap_or_default().to_owned();
-        self.out
-            .send(ToMaster::Events { tag, job })
-            .map_err(|_| ClientError::Disconnected)?;
+        if !self.out.send(ToMaster::Events { tag, job }) {
+            return Err(ClientError::Disconnected);
+        }
         Ok(rx)
     }
 
@@ -497,7 +505,7 @@ impl Client {
             }
             routes.ops.insert(tag, tx);
         }
-        if self.out.send(make(tag)).is_err() {
+        if !self.out.send(make(tag)) {
             self.routes.lock().expect("routes lock").ops.remove(&tag);
             return Err(ClientError::Disconnected);
         }
@@ -542,9 +550,9 @@ impl Client {
             }
             routes.stats.insert(tag, tx);
         }
-        self.out
-            .send(ToMaster::Stats { tag })
-            .map_err(|_| ClientError::Disconnected)?;
+        if !self.out.send(ToMaster::Stats { tag }) {
+            return Err(ClientError::Disconnected);
+        }
         rx.await.map_err(|_| ClientError::Disconnected)
     }
 

@@ -1,0 +1,402 @@
+//! One connection's outgoing side: a writer task that batches, and a
+//! direct write that skips it.
+//!
+//! Frames normally go through the writer task, which encodes whatever waits
+//! together into one write, so under load frames share syscalls. But a task
+//! hop costs a closed loop (one job in flight) a wake-up, a poll and a
+//! channel on every message; so a sender that knows nothing else is coming
+//! (the master: its pool's inbox is empty; the client: no other job of the
+//! connection is in flight) may call [`Outbox::send_now`]: when the writer
+//! is idle (nothing queued, nothing half-written) the frame is encoded and
+//! written on the socket right there. A direct write the socket cannot take
+//! whole leaves its tail to the writer, which writes it before anything
+//! queued after it, so frames keep their order whichever way they go.
+
+use crate::codec::{self, CodecError};
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::Notify;
+
+/// The sending side, cloned into whatever answers on the connection. The
+/// writer ends when every clone is gone.
+pub struct Outbox<T> {
+    tx: mpsc::UnboundedSender<T>,
+    /// `None`: queue only (tests that read the queue themselves).
+    direct: Option<Arc<Shared>>,
+}
+
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Self {
+        Outbox {
+            tx: self.tx.clone(),
+            direct: self.direct.clone(),
+        }
+    }
+}
+
+/// What the senders and the writer share.
+struct Shared {
+    socket: OwnedWriteHalf,
+    state: Mutex<State>,
+    /// Wakes the writer when a direct write left bytes behind.
+    leftover: Notify,
+    /// Frames written, either way.
+    written: AtomicU64,
+}
+
+struct State {
+    /// The writer waits with nothing queued and nothing half-written: a
+    /// sender may write on the socket.
+    idle: bool,
+    /// The writer is gone (stopped, or the socket failed): nothing more
+    /// is written.
+    closed: bool,
+    /// The tail of a direct write the socket did not take.
+    leftover: BytesMut,
+    /// Where a direct send encodes its frame (kept, not reallocated).
+    scratch: BytesMut,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shut_down(&self) {
+        let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl<T> Outbox<T> {
+    /// An outbox for a connection's write half. Frames go out only while
+    /// the returned [`Writer`] runs.
+    pub fn new(socket: OwnedWriteHalf) -> (Outbox<T>, Writer<T>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            socket,
+            state: Mutex::new(State {
+                idle: false,
+                closed: false,
+                leftover: BytesMut::new(),
+                scratch: BytesMut::new(),
+            }),
+            leftover: Notify::new(),
+            written: AtomicU64::new(0),
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+        };
+        let outbox = Outbox {
+            tx,
+            direct: Some(shared),
+        };
+        (outbox, writer)
+    }
+
+    /// An outbox that only queues, for whoever holds `tx`'s receiver.
+    pub fn queue_only(tx: mpsc::UnboundedSender<T>) -> Outbox<T> {
+        Outbox { tx, direct: None }
+    }
+
+    /// Queues a message for the writer. `false`: the writer is gone or the
+    /// stream closed (the message is dropped).
+    pub fn send(&self, msg: T) -> bool {
+        !matches!(self.queue(msg), Sent::Gone(_))
+    }
+
+    /// Queues a message for the writer, giving it back if the writer is
+    /// gone or the stream closed.
+    pub fn queue(&self, msg: T) -> Sent<T> {
+        if let Some(shared) = &self.direct {
+            let mut state = shared.lock();
+            if state.closed {
+                return Sent::Gone(msg);
+            }
+            state.idle = false;
+        }
+        match self.tx.send(msg) {
+            Ok(()) => Sent::Queued,
+            Err(mpsc::error::SendError(msg)) => Sent::Gone(msg),
+        }
+    }
+
+    /// Writes the message on the socket now, encoded by `encode`, if the
+    /// writer is idle; else queues it. For a message with nothing behind
+    /// it: sent this way, each message costs a write.
+    pub fn send_now(
+        &self,
+        msg: T,
+        encode: impl FnOnce(&T, &mut BytesMut) -> Result<(), CodecError>,
+    ) -> Sent<T> {
+        let Some(shared) = &self.direct else {
+            return self.queue(msg);
+        };
+        let mut state = shared.lock();
+        if !state.idle || state.closed {
+            drop(state);
+            return self.queue(msg);
+        }
+        let State {
+            scratch,
+            leftover,
+            idle,
+            ..
+        } = &mut *state;
+        scratch.clear();
+        // A message that does not encode is the writer's to report.
+        let written = encode(&msg, scratch)
+            .ok()
+            .and_then(|()| shared.socket.try_write(scratch).ok());
+        let Some(n) = written else {
+            // Full or failing: the writer waits for room or meets the error.
+            drop(state);
+            return self.queue(msg);
+        };
+        if n < scratch.len() {
+            leftover.extend_from_slice(&scratch[n..]);
+            *idle = false;
+            shared.leftover.notify_one();
+        }
+        if scratch.capacity() > codec::KEEP_CAPACITY {
+            *scratch = BytesMut::new();
+        }
+        drop(state);
+        shared.written.fetch_add(1, Ordering::Relaxed);
+        Sent::Written(msg)
+    }
+
+    /// Ends the stream now: nothing more is written, and the peer sees
+    /// the end even while other clones are held.
+    pub fn close(&self) {
+        if let Some(shared) = &self.direct {
+            shared.lock().closed = true;
+            shared.shut_down();
+        }
+    }
+
+    /// Frames written so far (0 for a queue-only outbox).
+    pub fn written(&self) -> u64 {
+        self.direct
+            .as_ref()
+            .map_or(0, |s| s.written.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`Outbox::send_now`] did with a message.
+pub enum Sent<T> {
+    /// Written on the socket (the caller settles what the writer's encoder
+    /// would have).
+    Written(T),
+    /// Queued for the writer.
+    Queued,
+    /// The writer is gone: the message back.
+    Gone(T),
+}
+
+/// The connection's writer, to run in its own task.
+pub struct Writer<T> {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<T>,
+}
+
+impl<T> Writer<T> {
+    /// Writes what is queued, encoding with `encode` everything already
+    /// waiting into one buffer and writing it at once, until every
+    /// [`Outbox`] is gone (after writing what they sent), on error, or
+    /// when `stop` completes. Then the write side is shut down, even while
+    /// senders still hold the outbox: the peer sees the end now.
+    pub async fn run(
+        mut self,
+        mut encode: impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), CodecError> {
+        let result = tokio::select! {
+            r = self.write_queued(&mut encode) => r,
+            () = stop => Ok(()),
+        };
+        self.shared.lock().closed = true;
+        let _ =
+            socket2::SockRef::from(self.shared.socket.as_ref()).shutdown(std::net::Shutdown::Write);
+        result
+    }
+
+    async fn write_queued(
+        &mut self,
+        encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        let shared = self.shared.clone();
+        let mut buf = BytesMut::with_capacity(codec::KEEP_CAPACITY);
+        loop {
+            let leftover = std::mem::take(&mut shared.lock().leftover);
+            if !leftover.is_empty() {
+                write_all(&shared.socket, &leftover).await?;
+                continue;
+            }
+            let first = match self.rx.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Empty) => {
+                    {
+                        let mut state = shared.lock();
+                        if !state.leftover.is_empty() || !self.rx.is_empty() {
+                            continue;
+                        }
+                        state.idle = true;
+                    }
+                    tokio::select! {
+                        msg = self.rx.recv() => match msg {
+                            Some(msg) => msg,
+                            None => return Ok(()),
+                        },
+                        () = shared.leftover.notified() => continue,
+                    }
+                }
+            };
+            // Woken for both a queued message and a direct write's tail,
+            // the tail (sent first) still goes first.
+            let leftover = std::mem::take(&mut shared.lock().leftover);
+            if !leftover.is_empty() {
+                write_all(&shared.socket, &leftover).await?;
+            }
+            let mut frames = 1;
+            encode(first, &mut buf)?;
+            while buf.len() < codec::FLUSH_AT {
+                match self.rx.try_recv() {
+                    Ok(next) => {
+                        encode(next, &mut buf)?;
+                        frames += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            write_all(&shared.socket, &buf).await?;
+            shared.written.fetch_add(frames, Ordering::Relaxed);
+            buf.clear();
+            if buf.capacity() > 4 * codec::KEEP_CAPACITY {
+                buf = BytesMut::with_capacity(codec::KEEP_CAPACITY);
+            }
+        }
+    }
+}
+
+/// `write_all` on a write half the senders share.
+async fn write_all(socket: &OwnedWriteHalf, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match socket.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: our outbox on one end, the raw peer on the other.
+    async fn pair() -> (Outbox<Bytes>, Writer<Bytes>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap());
+        let (ours, theirs) = tokio::join!(ours, listener.accept());
+        let (_read, write) = ours.unwrap().into_split();
+        // The read half may go: only the write half is ours to test.
+        std::mem::forget(_read);
+        let (outbox, writer) = Outbox::new(write);
+        (outbox, writer, theirs.unwrap().0)
+    }
+
+    fn raw(m: &Bytes, buf: &mut BytesMut) -> Result<(), CodecError> {
+        buf.extend_from_slice(m);
+        Ok(())
+    }
+
+    async fn read_to_end(mut peer: TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn direct_and_queued_frames_keep_their_order() {
+        let (outbox, writer, peer) = pair().await;
+        let writing = tokio::spawn(writer.run(|m, b| raw(&m, b), std::future::pending()));
+        // The writer parks idle before anything is sent.
+        tokio::task::yield_now().await;
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"a"), raw),
+            Sent::Written(_)
+        ));
+        assert!(outbox.send(Bytes::from_static(b"b")));
+        // Queued behind "b": not written before it.
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"c"), raw),
+            Sent::Queued
+        ));
+        tokio::task::yield_now().await;
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"d"), raw),
+            Sent::Written(_)
+        ));
+        drop(outbox);
+        writing.await.unwrap().unwrap();
+        assert_eq!(read_to_end(peer).await, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_cut_short_is_finished_before_what_follows() {
+        let (outbox, writer, peer) = pair().await;
+        let writing = tokio::spawn(writer.run(|m, b| raw(&m, b), std::future::pending()));
+        tokio::task::yield_now().await;
+        // More than loopback buffers hold while the peer does not read.
+        let big: Bytes = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+        assert!(matches!(
+            outbox.send_now(big.clone(), raw),
+            Sent::Written(_)
+        ));
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"tail"), raw),
+            Sent::Queued
+        ));
+        assert_eq!(outbox.written(), 1);
+        drop(outbox);
+        let got = tokio::spawn(read_to_end(peer));
+        writing.await.unwrap().unwrap();
+        let got = got.await.unwrap();
+        assert_eq!(got.len(), big.len() + 4);
+        assert!(got[..big.len()] == big[..], "the big frame arrived intact");
+        assert_eq!(&got[big.len()..], b"tail");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_ends_the_stream_while_senders_remain() {
+        let (outbox, writer, peer) = pair().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        let writing = tokio::spawn(writer.run(|m, b| raw(&m, b), stop));
+        assert!(outbox.send(Bytes::from_static(b"x")));
+        tokio::task::yield_now().await;
+        stop_tx.send(()).unwrap();
+        writing.await.unwrap().unwrap();
+        // Held, but closed: nothing more goes out, and the peer sees the end.
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"y"), raw),
+            Sent::Gone(_)
+        ));
+        assert_eq!(read_to_end(peer).await, b"x");
+        assert_eq!(outbox.written(), 1);
+    }
+}
