@@ -405,15 +405,11 @@ async fn serve<R: Reporter>(
     let Attached {
         mut reader,
         wire,
-        writer,
+        mut writer,
     } = conn;
-    // Its own future in this task (no task of its own): it batches what
-    // waits, and ends only when the socket fails.
-    let writing = writer.run(
-        |msg: ToHandler, buf: &mut BytesMut| codec::encode(&msg, buf),
-        std::future::pending(),
-    );
-    tokio::pin!(writing);
+    // This task flushes the wire itself after each order, as it wrote jobs
+    // before the wire existed: no task of its own, no turn of the loop.
+    let mut encode = |msg: ToHandler, buf: &mut BytesMut| codec::encode(&msg, buf);
     let stop_timer = tokio::time::sleep(Duration::MAX);
     tokio::pin!(stop_timer);
     let mut stopping = false;
@@ -473,8 +469,14 @@ async fn serve<R: Reporter>(
                     if proc.killed {
                         break;
                     }
-                    for msg in jobs {
-                        wire.send(msg);
+                    if let Some(e) = jobs.into_iter().find_map(|m| writer.push(m, &mut encode).err()) {
+                        warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
+                        proc.kill();
+                        break;
+                    }
+                    if let Err(e) = writer.flush(&mut encode).await {
+                        debug!(pid = proc.pid, error = %e, "writing to child failed");
+                        break;
                     }
                 }
                 Some(ChildCtl::Sent { job, gate }) => {
@@ -490,6 +492,12 @@ async fn serve<R: Reporter>(
                             }
                         }
                     }
+                    // What the socket did not take at once (or all of it,
+                    // if the wire was not idle) goes now.
+                    if let Err(e) = writer.flush(&mut encode).await {
+                        debug!(pid = proc.pid, error = %e, "writing to child failed");
+                        break;
+                    }
                 }
                 Some(cmd @ (ChildCtl::Terminate | ChildCtl::Stop)) if !stopping || matches!(cmd, ChildCtl::Terminate) => {
                     let grace = if matches!(cmd, ChildCtl::Stop) { STOP_GRACE } else { TERMINATE_GRACE };
@@ -501,14 +509,6 @@ async fn serve<R: Reporter>(
                 Some(ChildCtl::Kill) | None => proc.kill(),
                 Some(_) => {}
             },
-            // Jobs on the wire go out before more answers are read: a
-            // child streaming answers must not wait for its next job.
-            r = &mut writing => {
-                if let Err(e) = r {
-                    debug!(pid = proc.pid, error = %e, "writing to child failed");
-                }
-                break;
-            }
             frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => match frame {
                 Ok(Some(msg)) => {
                     frames += 1;

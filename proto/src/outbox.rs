@@ -91,6 +91,8 @@ impl<T> Outbox<T> {
         let writer = Writer {
             shared: shared.clone(),
             rx,
+            buf: BytesMut::with_capacity(codec::KEEP_CAPACITY),
+            frames: 0,
         };
         let outbox = Outbox {
             tx,
@@ -199,15 +201,18 @@ pub enum Sent<T> {
     Gone(T),
 }
 
-/// The connection's writer, to run in its own task.
+/// The connection's writer: run in a task of its own ([`Writer::run`]), or
+/// flushed by the task that queues ([`Writer::flush`]).
 pub struct Writer<T> {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<T>,
+    /// Encoded frames not yet written, and how many.
+    buf: BytesMut,
+    frames: u64,
 }
 
 impl<T> Writer<T> {
-    /// Writes what is queued, encoding with `encode` everything already
-    /// waiting into one buffer and writing it at once, until every
+    /// Writes what is queued, batching what waits together, until every
     /// [`Outbox`] is gone (after writing what they sent), on error, or
     /// when `stop` completes. Then the write side is shut down, even while
     /// senders still hold the outbox: the peer sees the end now.
@@ -217,69 +222,102 @@ impl<T> Writer<T> {
         stop: impl Future<Output = ()>,
     ) -> Result<(), CodecError> {
         let result = tokio::select! {
-            r = self.write_queued(&mut encode) => r,
+            r = self.serve(&mut encode) => r,
             () = stop => Ok(()),
         };
         self.shared.lock().closed = true;
-        let _ =
-            socket2::SockRef::from(self.shared.socket.as_ref()).shutdown(std::net::Shutdown::Write);
+        self.shared.shut_down();
         result
     }
 
-    async fn write_queued(
+    async fn serve(
         &mut self,
         encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
     ) -> Result<(), CodecError> {
         let shared = self.shared.clone();
-        let mut buf = BytesMut::with_capacity(codec::KEEP_CAPACITY);
+        while self.flush(encode).await? {
+            // Idle: senders may write themselves until one queues.
+            tokio::select! {
+                () = shared.leftover.notified() => {}
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => {
+                        encode(msg, &mut self.buf)?;
+                        self.frames += 1;
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a message for the next [`Writer::flush`], for the task that
+    /// owns the writer: no trip through the queue. Senders stop writing
+    /// directly until that flush.
+    pub fn push(
+        &mut self,
+        msg: T,
+        encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        self.shared.lock().idle = false;
+        // Whatever was queued before it goes before it.
+        while let Ok(queued) = self.rx.try_recv() {
+            encode(queued, &mut self.buf)?;
+            self.frames += 1;
+        }
+        encode(msg, &mut self.buf)?;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Writes a direct write's tail, then everything queued, encoded into
+    /// one buffer per write, until nothing waits; then the writer is idle
+    /// (senders may write themselves). `Ok(false)`: every [`Outbox`] is
+    /// gone and all they sent is written.
+    pub async fn flush(
+        &mut self,
+        encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
+    ) -> Result<bool, CodecError> {
         loop {
-            let leftover = std::mem::take(&mut shared.lock().leftover);
+            // A tail left by a direct write goes before anything queued
+            // after it (a queued message ends direct writes until idle).
+            let leftover = std::mem::take(&mut self.shared.lock().leftover);
             if !leftover.is_empty() {
-                write_all(&shared.socket, &leftover).await?;
+                write_all(&self.shared.socket, &leftover).await?;
+            }
+            let mut gone = false;
+            while self.buf.len() < codec::FLUSH_AT {
+                match self.rx.try_recv() {
+                    Ok(msg) => {
+                        encode(msg, &mut self.buf)?;
+                        self.frames += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            if self.frames > 0 {
+                write_all(&self.shared.socket, &self.buf).await?;
+                self.shared
+                    .written
+                    .fetch_add(self.frames, Ordering::Relaxed);
+                self.frames = 0;
+                self.buf.clear();
+                if self.buf.capacity() > 4 * codec::KEEP_CAPACITY {
+                    self.buf = BytesMut::with_capacity(codec::KEEP_CAPACITY);
+                }
                 continue;
             }
-            let first = match self.rx.try_recv() {
-                Ok(msg) => msg,
-                Err(TryRecvError::Disconnected) => return Ok(()),
-                Err(TryRecvError::Empty) => {
-                    {
-                        let mut state = shared.lock();
-                        if !state.leftover.is_empty() || !self.rx.is_empty() {
-                            continue;
-                        }
-                        state.idle = true;
-                    }
-                    tokio::select! {
-                        msg = self.rx.recv() => match msg {
-                            Some(msg) => msg,
-                            None => return Ok(()),
-                        },
-                        () = shared.leftover.notified() => continue,
-                    }
-                }
-            };
-            // Woken for both a queued message and a direct write's tail,
-            // the tail (sent first) still goes first.
-            let leftover = std::mem::take(&mut shared.lock().leftover);
-            if !leftover.is_empty() {
-                write_all(&shared.socket, &leftover).await?;
+            if gone {
+                return Ok(false);
             }
-            let mut frames = 1;
-            encode(first, &mut buf)?;
-            while buf.len() < codec::FLUSH_AT {
-                match self.rx.try_recv() {
-                    Ok(next) => {
-                        encode(next, &mut buf)?;
-                        frames += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            write_all(&shared.socket, &buf).await?;
-            shared.written.fetch_add(frames, Ordering::Relaxed);
-            buf.clear();
-            if buf.capacity() > 4 * codec::KEEP_CAPACITY {
-                buf = BytesMut::with_capacity(codec::KEEP_CAPACITY);
+            let mut state = self.shared.lock();
+            if state.leftover.is_empty() && self.rx.is_empty() {
+                state.idle = true;
+                return Ok(true);
             }
         }
     }
@@ -377,6 +415,33 @@ mod tests {
         assert_eq!(got.len(), big.len() + 4);
         assert!(got[..big.len()] == big[..], "the big frame arrived intact");
         assert_eq!(&got[big.len()..], b"tail");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_flushes_its_own_writer_keeps_the_order() {
+        let (outbox, mut writer, peer) = pair().await;
+        let mut enc = |m: Bytes, b: &mut BytesMut| raw(&m, b);
+        // Not flushed yet, so not idle: a direct send queues.
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"a"), raw),
+            Sent::Queued
+        ));
+        writer.push(Bytes::from_static(b"b"), &mut enc).unwrap();
+        assert!(writer.flush(&mut enc).await.unwrap());
+        // Idle after the flush: the next one is written at once.
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"c"), raw),
+            Sent::Written(_)
+        ));
+        writer.push(Bytes::from_static(b"d"), &mut enc).unwrap();
+        assert!(matches!(
+            outbox.send_now(Bytes::from_static(b"e"), raw),
+            Sent::Queued
+        ));
+        assert!(writer.flush(&mut enc).await.unwrap());
+        assert_eq!(outbox.written(), 5);
+        drop((outbox, writer));
+        assert_eq!(read_to_end(peer).await, b"abcde");
     }
 
     #[tokio::test]

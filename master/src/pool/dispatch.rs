@@ -340,24 +340,28 @@ impl Pool {
         let runs_now = slot.jobs.is_empty();
         let gate = job.reply.gate();
         let delivered = match &slot.wire {
-            // Without a store nothing waits for the disk: the job goes on
-            // the wire here, on the socket itself when the child is idle
-            // and nothing else is coming this round (a task hop less).
-            Some(wire) if after.is_none() && !durable_store && !slot.ctl.is_closed() => {
+            // The one job a round gives an idle child, with nothing behind
+            // it in the pool's inbox, skips the child's task: the pool
+            // writes it on the child's socket itself, then tells the task
+            // (which reads its orders before the child's answers). Only
+            // without a store (nothing waits for the disk), and only into
+            // an empty window: no order of the child's can still be on its
+            // way to the wire, so jobs keep their order.
+            Some(wire)
+                if self.quiet
+                    && runs_now
+                    && after.is_none()
+                    && !durable_store
+                    && !slot.ctl.is_closed() =>
+            {
                 let msg = ToHandler::Job {
                     job: job.id,
                     module: job.module,
                     input: job.input,
                 };
-                let sent = if self.quiet && runs_now {
-                    wire.send_now(msg, codec::encode)
-                } else {
-                    wire.queue(msg)
-                };
-                match sent {
+                match wire.send_now(msg, codec::encode) {
                     Sent::Gone(ToHandler::Job { module, input, .. }) => Err((module, input)),
                     Sent::Written(_) | Sent::Queued => {
-                        // Its task hears of it before it can read the answer.
                         let _ = slot.ctl.send(ChildCtl::Sent { job: job.id, gate });
                         Ok(())
                     }
