@@ -16,16 +16,15 @@ use crate::codec::{self, CodecError};
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc::{self, error::TryRecvError};
-use tokio::sync::Notify;
 
 /// The sending side, cloned into whatever answers on the connection. The
 /// writer ends when every clone is gone.
 pub struct Outbox<T> {
-    tx: mpsc::UnboundedSender<T>,
+    tx: Tx<T>,
     /// `None`: queue only (tests that read the queue themselves).
     direct: Option<Arc<Shared>>,
 }
@@ -39,23 +38,45 @@ impl<T> Clone for Outbox<T> {
     }
 }
 
+/// The queue's sending side: to a [`Writer`], or plain (queue only).
+enum Tx<T> {
+    Writer(mpsc::UnboundedSender<Item<T>>),
+    Plain(mpsc::UnboundedSender<T>),
+}
+
+impl<T> Clone for Tx<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Tx::Writer(tx) => Tx::Writer(tx.clone()),
+            Tx::Plain(tx) => Tx::Plain(tx.clone()),
+        }
+    }
+}
+
+/// What the writer's queue carries.
+enum Item<T> {
+    Msg(T),
+    /// A direct write left a tail: wake up and write it (one queue for
+    /// both, so an idle writer waits on nothing else).
+    Tail,
+}
+
 /// What the senders and the writer share.
 struct Shared {
     socket: OwnedWriteHalf,
+    /// The writer waits with nothing queued and nothing half-written: a
+    /// sender may write on the socket (holding `state`). A queued message
+    /// clears it without the lock: queueing is the hot path under load.
+    idle: AtomicBool,
+    /// The writer is gone (stopped, or the socket failed): nothing more
+    /// is written.
+    closed: AtomicBool,
     state: Mutex<State>,
-    /// Wakes the writer when a direct write left bytes behind.
-    leftover: Notify,
     /// Frames written, either way.
     written: AtomicU64,
 }
 
 struct State {
-    /// The writer waits with nothing queued and nothing half-written: a
-    /// sender may write on the socket.
-    idle: bool,
-    /// The writer is gone (stopped, or the socket failed): nothing more
-    /// is written.
-    closed: bool,
     /// The tail of a direct write the socket did not take.
     leftover: BytesMut,
     /// Where a direct send encodes its frame (kept, not reallocated).
@@ -79,13 +100,12 @@ impl<T> Outbox<T> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             socket,
+            idle: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             state: Mutex::new(State {
-                idle: false,
-                closed: false,
                 leftover: BytesMut::new(),
                 scratch: BytesMut::new(),
             }),
-            leftover: Notify::new(),
             written: AtomicU64::new(0),
         });
         let writer = Writer {
@@ -95,7 +115,7 @@ impl<T> Outbox<T> {
             frames: 0,
         };
         let outbox = Outbox {
-            tx,
+            tx: Tx::Writer(tx),
             direct: Some(shared),
         };
         (outbox, writer)
@@ -103,7 +123,10 @@ impl<T> Outbox<T> {
 
     /// An outbox that only queues, for whoever holds `tx`'s receiver.
     pub fn queue_only(tx: mpsc::UnboundedSender<T>) -> Outbox<T> {
-        Outbox { tx, direct: None }
+        Outbox {
+            tx: Tx::Plain(tx),
+            direct: None,
+        }
     }
 
     /// Queues a message for the writer. `false`: the writer is gone or the
@@ -115,16 +138,29 @@ impl<T> Outbox<T> {
     /// Queues a message for the writer, giving it back if the writer is
     /// gone or the stream closed.
     pub fn queue(&self, msg: T) -> Sent<T> {
-        if let Some(shared) = &self.direct {
-            let mut state = shared.lock();
-            if state.closed {
-                return Sent::Gone(msg);
-            }
-            state.idle = false;
-        }
-        match self.tx.send(msg) {
-            Ok(()) => Sent::Queued,
-            Err(mpsc::error::SendError(msg)) => Sent::Gone(msg),
+        let gone = match (&self.tx, &self.direct) {
+            (_, Some(shared)) if shared.closed.load(Ordering::Acquire) => Item::Msg(msg),
+            // Queued first, then not idle: the writer, which checks the
+            // queue after marking itself idle, cannot miss it.
+            (Tx::Writer(tx), Some(shared)) => match tx.send(Item::Msg(msg)) {
+                Ok(()) => {
+                    shared.idle.store(false, Ordering::Release);
+                    return Sent::Queued;
+                }
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            (Tx::Writer(tx), None) => match tx.send(Item::Msg(msg)) {
+                Ok(()) => return Sent::Queued,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            (Tx::Plain(tx), _) => match tx.send(msg) {
+                Ok(()) => return Sent::Queued,
+                Err(mpsc::error::SendError(msg)) => Item::Msg(msg),
+            },
+        };
+        match gone {
+            Item::Msg(msg) => Sent::Gone(msg),
+            Item::Tail => unreachable!("a message was sent"),
         }
     }
 
@@ -140,15 +176,12 @@ impl<T> Outbox<T> {
             return self.queue(msg);
         };
         let mut state = shared.lock();
-        if !state.idle || state.closed {
+        if !shared.idle.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire) {
             drop(state);
             return self.queue(msg);
         }
         let State {
-            scratch,
-            leftover,
-            idle,
-            ..
+            scratch, leftover, ..
         } = &mut *state;
         scratch.clear();
         // A message that does not encode is the writer's to report.
@@ -162,8 +195,10 @@ impl<T> Outbox<T> {
         };
         if n < scratch.len() {
             leftover.extend_from_slice(&scratch[n..]);
-            *idle = false;
-            shared.leftover.notify_one();
+            shared.idle.store(false, Ordering::Release);
+            if let Tx::Writer(tx) = &self.tx {
+                let _ = tx.send(Item::Tail);
+            }
         }
         if scratch.capacity() > codec::KEEP_CAPACITY {
             *scratch = BytesMut::new();
@@ -177,7 +212,7 @@ impl<T> Outbox<T> {
     /// the end even while other clones are held.
     pub fn close(&self) {
         if let Some(shared) = &self.direct {
-            shared.lock().closed = true;
+            shared.closed.store(true, Ordering::Release);
             shared.shut_down();
         }
     }
@@ -205,7 +240,7 @@ pub enum Sent<T> {
 /// flushed by the task that queues ([`Writer::flush`]).
 pub struct Writer<T> {
     shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<T>,
+    rx: mpsc::UnboundedReceiver<Item<T>>,
     /// Encoded frames not yet written, and how many.
     buf: BytesMut,
     frames: u64,
@@ -225,7 +260,7 @@ impl<T> Writer<T> {
             r = self.serve(&mut encode) => r,
             () = stop => Ok(()),
         };
-        self.shared.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.shut_down();
         result
     }
@@ -234,18 +269,15 @@ impl<T> Writer<T> {
         &mut self,
         encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
     ) -> Result<(), CodecError> {
-        let shared = self.shared.clone();
         while self.flush(encode).await? {
             // Idle: senders may write themselves until one queues.
-            tokio::select! {
-                () = shared.leftover.notified() => {}
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => {
-                        encode(msg, &mut self.buf)?;
-                        self.frames += 1;
-                    }
-                    None => return Ok(()),
-                },
+            match self.rx.recv().await {
+                Some(Item::Msg(msg)) => {
+                    encode(msg, &mut self.buf)?;
+                    self.frames += 1;
+                }
+                Some(Item::Tail) => {}
+                None => return Ok(()),
             }
         }
         Ok(())
@@ -259,11 +291,13 @@ impl<T> Writer<T> {
         msg: T,
         encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
     ) -> Result<(), CodecError> {
-        self.shared.lock().idle = false;
+        self.shared.idle.store(false, Ordering::Release);
         // Whatever was queued before it goes before it.
         while let Ok(queued) = self.rx.try_recv() {
-            encode(queued, &mut self.buf)?;
-            self.frames += 1;
+            if let Item::Msg(queued) = queued {
+                encode(queued, &mut self.buf)?;
+                self.frames += 1;
+            }
         }
         encode(msg, &mut self.buf)?;
         self.frames += 1;
@@ -288,10 +322,11 @@ impl<T> Writer<T> {
             let mut gone = false;
             while self.buf.len() < codec::FLUSH_AT {
                 match self.rx.try_recv() {
-                    Ok(msg) => {
+                    Ok(Item::Msg(msg)) => {
                         encode(msg, &mut self.buf)?;
                         self.frames += 1;
                     }
+                    Ok(Item::Tail) => {}
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         gone = true;
@@ -314,10 +349,14 @@ impl<T> Writer<T> {
             if gone {
                 return Ok(false);
             }
-            let mut state = self.shared.lock();
+            let state = self.shared.lock();
             if state.leftover.is_empty() && self.rx.is_empty() {
-                state.idle = true;
-                return Ok(true);
+                self.shared.idle.store(true, Ordering::Release);
+                // A message queued meanwhile (another thread) undoes it.
+                if self.rx.is_empty() {
+                    return Ok(true);
+                }
+                self.shared.idle.store(false, Ordering::Release);
             }
         }
     }
