@@ -454,8 +454,7 @@ async fn orders(
             ChildCtl::Stop => ToAgent::Stop { child },
             ChildCtl::Terminate => ToAgent::Terminate { child },
             ChildCtl::Kill => ToAgent::Kill { child },
-            // Only a local child's wire takes jobs directly (`Sent`).
-            ChildCtl::Attach { .. } | ChildCtl::Sent { .. } => continue,
+            ChildCtl::Attach { .. } => continue,
         };
         if out.send(msg).is_err() {
             return;

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use taskmaster_proto::codec::{self, FrameReader};
 use taskmaster_proto::messages::{FromHandler, ToHandler};
-use taskmaster_proto::outbox::{Outbox, Writer};
 use taskmaster_proto::SECRET_LEN;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -57,38 +56,12 @@ pub struct ChildConn {
     pub writer: OwnedWriteHalf,
 }
 
-/// The way to a child: jobs queued for its task's writer, or written on
-/// the socket at once by whoever holds a clone (the pool, for a job with
-/// nothing behind it: see [`taskmaster_proto::outbox`]).
-pub type Wire = Outbox<ToHandler>;
-
-/// A proven child's connection, as its task takes it.
-pub struct Attached {
-    reader: FrameReader<OwnedReadHalf>,
-    wire: Wire,
-    writer: Writer<ToHandler>,
-}
-
-impl ChildConn {
-    /// Splits the way out into a [`Wire`] for the pool and the writer the
-    /// child's task runs.
-    pub fn attach(self) -> (Attached, Wire) {
-        let (wire, writer) = Outbox::new(self.writer);
-        let attached = Attached {
-            reader: self.reader,
-            wire: wire.clone(),
-            writer,
-        };
-        (attached, wire)
-    }
-}
-
 /// What the pool tells a child's task.
 pub enum ChildCtl {
     /// The child proved itself: take its connection.
     Attach {
         /// The connection.
-        conn: Attached,
+        conn: ChildConn,
         /// Modules it runs.
         modules: Vec<String>,
     },
@@ -106,14 +79,6 @@ pub enum ChildCtl {
         /// The job store's change that must be durable before the child
         /// may see the job (`--state-dir`: never run twice after a crash).
         after: Option<u64>,
-    },
-    /// The pool wrote a job on the child's [`Wire`] itself: it is the
-    /// child's next after those sent before it.
-    Sent {
-        /// Job id.
-        job: u64,
-        /// As for [`ChildCtl::Job`].
-        gate: Option<Arc<Backlog>>,
     },
     /// Stop: SIGTERM, then SIGKILL after a grace.
     Stop,
@@ -353,7 +318,7 @@ async fn supervise<R: Reporter>(
 async fn wait_attach(
     proc: &mut Proc,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
-) -> Result<(Attached, Vec<String>), ExitInfo> {
+) -> Result<(ChildConn, Vec<String>), ExitInfo> {
     tokio::select! {
         info = proc.reap() => Err(info),
         cmd = ctl.recv() => match cmd {
@@ -376,7 +341,7 @@ async fn wait_attach(
 async fn serve<R: Reporter>(
     id: ChildId,
     proc: &mut Proc,
-    conn: Attached,
+    conn: ChildConn,
     ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
     pool: &R,
     limits: Limits,
@@ -402,14 +367,11 @@ async fn serve<R: Reporter>(
     // Only a child that has sent a heartbeat is held to them: a handler not
     // built on the handler library may not send any.
     let mut beats = false;
-    let Attached {
+    let ChildConn {
         mut reader,
-        wire,
         mut writer,
     } = conn;
-    // This task flushes the wire itself after each order, as it wrote jobs
-    // before the wire existed: no task of its own, no turn of the loop.
-    let mut encode = |msg: ToHandler, buf: &mut BytesMut| codec::encode(&msg, buf);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
     let stop_timer = tokio::time::sleep(Duration::MAX);
     tokio::pin!(stop_timer);
     let mut stopping = false;
@@ -418,8 +380,6 @@ async fn serve<R: Reporter>(
     let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
     // The running job is sending parts.
     let mut streaming = false;
-    // An order taken while draining `Sent`s, carried out next.
-    let mut later: Option<ChildCtl> = None;
     loop {
         // The running job streams parts to a client that is not reading:
         // neither are we, so the child's socket fills and its `parts.send`
@@ -434,81 +394,6 @@ async fn serve<R: Reporter>(
             .cloned();
         let paused = held.is_some();
         tokio::select! {
-            // Orders first: the pool may write a job on the wire itself and
-            // tell us after (`Sent`); its answer must find it in `gates`.
-            biased;
-            cmd = next_ctl(&mut later, ctl) => match cmd {
-                Some(ChildCtl::Job { job, module, input, gate, mut after }) => {
-                    // Every job already waiting (prefetch) goes in one write.
-                    gates.push_back((job, gate));
-                    let mut jobs = vec![ToHandler::Job { job, module, input }];
-                    loop {
-                        match ctl.try_recv() {
-                            Ok(ChildCtl::Job { job, module, input, gate, after: a }) => {
-                                after = after.max(a);
-                                gates.push_back((job, gate));
-                                jobs.push(ToHandler::Job { job, module, input });
-                            }
-                            Ok(ChildCtl::Sent { job, gate }) => gates.push_back((job, gate)),
-                            // Carried out at the next turn, after these.
-                            Ok(other) => {
-                                later = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if let (Some(seq), Some(c)) = (after, committed.as_mut()) {
-                        // The store has these jobs as started before the
-                        // child sees them; a gone store means the master
-                        // is stopping.
-                        if c.wait_for(|done| *done >= seq).await.is_err() {
-                            break;
-                        }
-                    }
-                    if proc.killed {
-                        break;
-                    }
-                    if let Some(e) = jobs.into_iter().find_map(|m| writer.push(m, &mut encode).err()) {
-                        warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
-                        proc.kill();
-                        break;
-                    }
-                    if let Err(e) = writer.flush(&mut encode).await {
-                        debug!(pid = proc.pid, error = %e, "writing to child failed");
-                        break;
-                    }
-                }
-                Some(ChildCtl::Sent { job, gate }) => {
-                    gates.push_back((job, gate));
-                    // The round's other jobs too: one turn of the loop for
-                    // them all, not one each.
-                    while let Ok(next) = ctl.try_recv() {
-                        match next {
-                            ChildCtl::Sent { job, gate } => gates.push_back((job, gate)),
-                            other => {
-                                later = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                    // What the socket did not take at once (or all of it,
-                    // if the wire was not idle) goes now.
-                    if let Err(e) = writer.flush(&mut encode).await {
-                        debug!(pid = proc.pid, error = %e, "writing to child failed");
-                        break;
-                    }
-                }
-                Some(cmd @ (ChildCtl::Terminate | ChildCtl::Stop)) if !stopping || matches!(cmd, ChildCtl::Terminate) => {
-                    let grace = if matches!(cmd, ChildCtl::Stop) { STOP_GRACE } else { TERMINATE_GRACE };
-                    stopping = true;
-                    debug!(pid = proc.pid, "stopping child");
-                    proc.signal(Signal::SIGTERM);
-                    stop_timer.as_mut().reset(tokio::time::Instant::now() + grace);
-                }
-                Some(ChildCtl::Kill) | None => proc.kill(),
-                Some(_) => {}
-            },
             frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => match frame {
                 Ok(Some(msg)) => {
                     frames += 1;
@@ -568,8 +453,73 @@ async fn serve<R: Reporter>(
             },
             // The client read: the loop reads the child again.
             () = wait_open(held), if paused => {}
+            cmd = ctl.recv() => match cmd {
+                Some(ChildCtl::Job { job, module, input, gate, mut after }) => {
+                    // Every job already waiting (prefetch) goes in one write.
+                    buf.clear();
+                    gates.push_back((job, gate));
+                    let mut next = Some(ToHandler::Job { job, module, input });
+                    let mut deferred = None;
+                    while let Some(msg) = next.take() {
+                        if let Err(e) = codec::encode(&msg, &mut buf) {
+                            warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
+                            proc.kill();
+                            break;
+                        }
+                        match ctl.try_recv() {
+                            Ok(ChildCtl::Job { job, module, input, gate, after: a }) => {
+                                after = after.max(a);
+                                gates.push_back((job, gate));
+                                next = Some(ToHandler::Job { job, module, input });
+                            }
+                            Ok(other) => deferred = Some(other),
+                            Err(_) => {}
+                        }
+                    }
+                    if let (Some(seq), Some(c)) = (after, committed.as_mut()) {
+                        // The store has these jobs as started before the
+                        // child sees them; a gone store means the master
+                        // is stopping.
+                        if c.wait_for(|done| *done >= seq).await.is_err() {
+                            break;
+                        }
+                    }
+                    if proc.killed || writer.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    if buf.capacity() > 1 << 20 {
+                        buf = BytesMut::with_capacity(16 * 1024);
+                    }
+                    match deferred {
+                        Some(ChildCtl::Stop) if !stopping => {
+                            stopping = true;
+                            proc.signal(Signal::SIGTERM);
+                            stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        }
+                        Some(ChildCtl::Kill) => proc.kill(),
+                        Some(ChildCtl::Terminate) => {
+                            stopping = true;
+                            proc.signal(Signal::SIGTERM);
+                            stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(ChildCtl::Terminate) => {
+                    stopping = true;
+                    proc.signal(Signal::SIGTERM);
+                    stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
+                }
+                Some(ChildCtl::Stop) if !stopping => {
+                    stopping = true;
+                    debug!(pid = proc.pid, "stopping child");
+                    proc.signal(Signal::SIGTERM);
+                    stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                Some(ChildCtl::Kill) | None => proc.kill(),
+                Some(_) => {}
+            },
             info = proc.reap() => {
-                wire.close();
                 drain(id, &mut reader, &mut gates, pool).await;
                 if let Some(file) = &journal {
                     forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
@@ -601,9 +551,8 @@ async fn serve<R: Reporter>(
             }
         }
     }
-    // The connection is gone; the process should follow (the pool may
-    // still hold the wire: the child must see the end now).
-    wire.close();
+    // The connection is gone; the process should follow.
+    drop(writer);
     let info = match tokio::time::timeout(EXIT_WAIT, proc.reap()).await {
         Ok(info) => info,
         Err(_) => {
@@ -615,17 +564,6 @@ async fn serve<R: Reporter>(
         forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
     }
     info
-}
-
-/// The next order: one set aside, else the channel's next.
-async fn next_ctl(
-    later: &mut Option<ChildCtl>,
-    ctl: &mut mpsc::UnboundedReceiver<ChildCtl>,
-) -> Option<ChildCtl> {
-    match later.take() {
-        Some(cmd) => Some(cmd),
-        None => ctl.recv().await,
-    }
 }
 
 /// Reads the frames a child wrote just before it exited (a final `Done`

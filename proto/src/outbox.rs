@@ -283,27 +283,6 @@ impl<T> Writer<T> {
         Ok(())
     }
 
-    /// Encodes a message for the next [`Writer::flush`], for the task that
-    /// owns the writer: no trip through the queue. Senders stop writing
-    /// directly until that flush.
-    pub fn push(
-        &mut self,
-        msg: T,
-        encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
-    ) -> Result<(), CodecError> {
-        self.shared.idle.store(false, Ordering::Release);
-        // Whatever was queued before it goes before it.
-        while let Ok(queued) = self.rx.try_recv() {
-            if let Item::Msg(queued) = queued {
-                encode(queued, &mut self.buf)?;
-                self.frames += 1;
-            }
-        }
-        encode(msg, &mut self.buf)?;
-        self.frames += 1;
-        Ok(())
-    }
-
     /// Writes a direct write's tail, then everything queued, encoded into
     /// one buffer per write, until nothing waits; then the writer is idle
     /// (senders may write themselves). `Ok(false)`: every [`Outbox`] is
@@ -465,14 +444,15 @@ mod tests {
             outbox.send_now(Bytes::from_static(b"a"), raw),
             Sent::Queued
         ));
-        writer.push(Bytes::from_static(b"b"), &mut enc).unwrap();
+        assert!(outbox.send(Bytes::from_static(b"b")));
         assert!(writer.flush(&mut enc).await.unwrap());
-        // Idle after the flush: the next one is written at once.
+        // Idle after the flush: the next one is written at once, and one
+        // queued after it goes after it.
         assert!(matches!(
             outbox.send_now(Bytes::from_static(b"c"), raw),
             Sent::Written(_)
         ));
-        writer.push(Bytes::from_static(b"d"), &mut enc).unwrap();
+        assert!(outbox.send(Bytes::from_static(b"d")));
         assert!(matches!(
             outbox.send_now(Bytes::from_static(b"e"), raw),
             Sent::Queued

@@ -272,8 +272,6 @@ impl Agent {
             return;
         }
         kid.attached = true;
-        // Jobs reach an agent's child through its task (ChildCtl::Job).
-        let (conn, _wire) = conn.attach();
         let _ = kid.ctl.send(ChildCtl::Attach {
             conn,
             modules: hello.modules,

@@ -13,10 +13,8 @@ use crate::table::End;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use taskmaster_proto::codec::{self, clip_message};
+use taskmaster_proto::codec::clip_message;
 use taskmaster_proto::jobs::JobStatus;
-use taskmaster_proto::messages::ToHandler;
-use taskmaster_proto::outbox::Sent;
 use taskmaster_proto::Reason;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -323,10 +321,6 @@ impl Pool {
         // see it, even behind a running one: after a crash it fails, it
         // never runs twice.
         let after = self.store_put(job.id, JobStatus::Processing, None);
-        // With a store, every job goes through the child's task (which
-        // waits for the disk when it must): the order of its jobs is the
-        // order they reach the wire.
-        let durable_store = self.store.is_some();
         let slot = self
             .children
             .get_mut(&child)
@@ -337,56 +331,17 @@ impl Pool {
         let resend = (!slot.jobs.is_empty() || job.retry.left > 0)
             .then(|| (job.module.clone(), job.input.clone()));
         let est = self.run_times.estimate(&job.module);
-        let runs_now = slot.jobs.is_empty();
-        let gate = job.reply.gate();
-        let delivered = match &slot.wire {
-            // The one job a round gives an idle child, with nothing behind
-            // it in the pool's inbox, skips the child's task: the pool
-            // writes it on the child's socket itself, then tells the task
-            // (which reads its orders before the child's answers). Only
-            // without a store (nothing waits for the disk), and only into
-            // an empty window: no order of the child's can still be on its
-            // way to the wire, so jobs keep their order.
-            Some(wire)
-                if self.quiet
-                    && runs_now
-                    && after.is_none()
-                    && !durable_store
-                    && !slot.ctl.is_closed() =>
-            {
-                let msg = ToHandler::Job {
-                    job: job.id,
-                    module: job.module,
-                    input: job.input,
-                };
-                match wire.send_now(msg, codec::encode) {
-                    Sent::Gone(ToHandler::Job { module, input, .. }) => Err((module, input)),
-                    Sent::Written(_) | Sent::Queued => {
-                        let _ = slot.ctl.send(ChildCtl::Sent { job: job.id, gate });
-                        Ok(())
-                    }
-                }
-            }
-            _ => {
-                let ctl = ChildCtl::Job {
-                    job: job.id,
-                    module: job.module,
-                    input: job.input,
-                    gate,
-                    after,
-                };
-                match slot.ctl.send(ctl) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::SendError(ChildCtl::Job { module, input, .. })) => {
-                        Err((module, input))
-                    }
-                    Err(_) => unreachable!("sent a job"),
-                }
-            }
+        let ctl = ChildCtl::Job {
+            job: job.id,
+            module: job.module,
+            input: job.input,
+            gate: job.reply.gate(),
+            after,
         };
-        match delivered {
+        match slot.ctl.send(ctl) {
             Ok(()) => {
                 self.hot = Some((child, self.round));
+                let runs_now = slot.jobs.is_empty();
                 if runs_now {
                     slot.state = State::Busy;
                     self.busy += 1;
@@ -407,11 +362,15 @@ impl Pool {
                     self.job_started(job.id, child);
                 }
             }
-            // The child's task is gone (its exit report is on the way).
-            Err((module, input)) => {
+            Err(mpsc::error::SendError(ChildCtl::Job {
+                job: id,
+                module,
+                input,
+                ..
+            })) => {
                 slot.state = State::Stopping;
                 self.queue.push_front(Queued {
-                    id: job.id,
+                    id,
                     module,
                     input,
                     reply: job.reply,
@@ -422,6 +381,7 @@ impl Pool {
                     self.dispatch_queue();
                 }
             }
+            Err(_) => unreachable!("sent a job"),
         }
     }
 

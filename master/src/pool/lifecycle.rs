@@ -71,7 +71,6 @@ impl Pool {
             pid: None,
             state: State::Starting,
             ctl,
-            wire: None,
             secret,
             attached: false,
             jobs: VecDeque::new(),
@@ -173,8 +172,6 @@ impl Pool {
             return;
         }
         slot.attached = true;
-        let (conn, wire) = conn.attach();
-        slot.wire = Some(wire);
         let _ = slot.ctl.send(ChildCtl::Attach {
             conn,
             modules: hello.modules,

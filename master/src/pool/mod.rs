@@ -104,10 +104,6 @@ struct Slot {
     pid: Option<u32>,
     state: State,
     ctl: mpsc::UnboundedSender<ChildCtl>,
-    /// The way to a local child once attached: without a job store the
-    /// pool writes its jobs here itself (`start_job`), telling its task
-    /// after (`ChildCtl::Sent`).
-    wire: Option<crate::child::Wire>,
     secret: [u8; SECRET_LEN],
     attached: bool,
     /// Jobs sent to this child, oldest first: the front one runs, the rest

@@ -429,8 +429,7 @@ impl Fake {
                             self.with(|c| c.dying = true);
                         }
                     }
-                    // A model child has no wire: the pool never writes to it.
-                    Some(ChildCtl::Attach { .. } | ChildCtl::Sent { .. }) => {}
+                    Some(ChildCtl::Attach { .. }) => {}
                     Some(ChildCtl::Kill) | None => return self.signal(SIGKILL, true),
                 },
                 p = poke.recv() => match p {

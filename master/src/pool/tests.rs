@@ -110,7 +110,7 @@ async fn fake_child(
                 pool.child_event(id, exited(Some(0), None));
                 return;
             }
-            ChildCtl::Attach { .. } | ChildCtl::Sent { .. } => {}
+            ChildCtl::Attach { .. } => {}
         }
     }
 }
