@@ -6,9 +6,8 @@
 use crate::flow::Backlog;
 use taskmaster_proto::codec;
 use taskmaster_proto::messages::ToClient;
-use tokio::sync::OwnedSemaphorePermit;
-
 use taskmaster_proto::outbox::Sent;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One message for a client connection's writer. The permit travels with a
 /// job's final answer: the connection's reader may only take another job

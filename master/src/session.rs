@@ -4,8 +4,9 @@
 //! (backpressure), instead of making the master buffer without bound.
 
 use crate::flow::wait_open;
-use crate::job::{backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outgoing, Reply, Submission};
-use crate::outbox::Outbox;
+use crate::job::{
+    backlog_bytes, Ack, Answer, Backlog, ConnReply, Op, Outbox, Outgoing, Reply, Submission,
+};
 use crate::pool::PoolHandle;
 use bytes::BytesMut;
 use std::net::SocketAddr;

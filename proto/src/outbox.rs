@@ -129,38 +129,29 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// Queues a message for the writer. `false`: the writer is gone or the
-    /// stream closed (the message is dropped).
+    /// Queues a message for the writer. `false`: the writer is gone (the
+    /// message is dropped).
     pub fn send(&self, msg: T) -> bool {
-        !matches!(self.queue(msg), Sent::Gone(_))
-    }
-
-    /// Queues a message for the writer, giving it back if the writer is
-    /// gone or the stream closed.
-    pub fn queue(&self, msg: T) -> Sent<T> {
-        let gone = match (&self.tx, &self.direct) {
-            (_, Some(shared)) if shared.closed.load(Ordering::Acquire) => Item::Msg(msg),
+        match (&self.tx, &self.direct) {
+            (_, Some(shared)) if shared.closed.load(Ordering::Acquire) => false,
             // Queued first, then not idle: the writer, which checks the
             // queue after marking itself idle, cannot miss it.
-            (Tx::Writer(tx), Some(shared)) => match tx.send(Item::Msg(msg)) {
-                Ok(()) => {
+            (Tx::Writer(tx), direct) => {
+                let queued = tx.send(Item::Msg(msg)).is_ok();
+                if let (true, Some(shared)) = (queued, direct) {
                     shared.idle.store(false, Ordering::Release);
-                    return Sent::Queued;
                 }
-                Err(mpsc::error::SendError(item)) => item,
-            },
-            (Tx::Writer(tx), None) => match tx.send(Item::Msg(msg)) {
-                Ok(()) => return Sent::Queued,
-                Err(mpsc::error::SendError(item)) => item,
-            },
-            (Tx::Plain(tx), _) => match tx.send(msg) {
-                Ok(()) => return Sent::Queued,
-                Err(mpsc::error::SendError(msg)) => Item::Msg(msg),
-            },
-        };
-        match gone {
-            Item::Msg(msg) => Sent::Gone(msg),
-            Item::Tail => unreachable!("a message was sent"),
+                queued
+            }
+            (Tx::Plain(tx), _) => tx.send(msg).is_ok(),
+        }
+    }
+
+    fn queued(&self, msg: T) -> Sent<T> {
+        if self.send(msg) {
+            Sent::Queued
+        } else {
+            Sent::Gone
         }
     }
 
@@ -173,12 +164,12 @@ impl<T> Outbox<T> {
         encode: impl FnOnce(&T, &mut BytesMut) -> Result<(), CodecError>,
     ) -> Sent<T> {
         let Some(shared) = &self.direct else {
-            return self.queue(msg);
+            return self.queued(msg);
         };
         let mut state = shared.lock();
         if !shared.idle.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire) {
             drop(state);
-            return self.queue(msg);
+            return self.queued(msg);
         }
         let State {
             scratch, leftover, ..
@@ -191,7 +182,7 @@ impl<T> Outbox<T> {
         let Some(n) = written else {
             // Full or failing: the writer waits for room or meets the error.
             drop(state);
-            return self.queue(msg);
+            return self.queued(msg);
         };
         if n < scratch.len() {
             leftover.extend_from_slice(&scratch[n..]);
@@ -206,15 +197,6 @@ impl<T> Outbox<T> {
         drop(state);
         shared.written.fetch_add(1, Ordering::Relaxed);
         Sent::Written(msg)
-    }
-
-    /// Ends the stream now: nothing more is written, and the peer sees
-    /// the end even while other clones are held.
-    pub fn close(&self) {
-        if let Some(shared) = &self.direct {
-            shared.closed.store(true, Ordering::Release);
-            shared.shut_down();
-        }
     }
 
     /// Frames written so far (0 for a queue-only outbox).
@@ -232,12 +214,11 @@ pub enum Sent<T> {
     Written(T),
     /// Queued for the writer.
     Queued,
-    /// The writer is gone: the message back.
-    Gone(T),
+    /// The writer is gone: the message was dropped.
+    Gone,
 }
 
-/// The connection's writer: run in a task of its own ([`Writer::run`]), or
-/// flushed by the task that queues ([`Writer::flush`]).
+/// The connection's writer, to run in a task of its own ([`Writer::run`]).
 pub struct Writer<T> {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Item<T>>,
@@ -287,7 +268,7 @@ impl<T> Writer<T> {
     /// one buffer per write, until nothing waits; then the writer is idle
     /// (senders may write themselves). `Ok(false)`: every [`Outbox`] is
     /// gone and all they sent is written.
-    pub async fn flush(
+    async fn flush(
         &mut self,
         encode: &mut impl FnMut(T, &mut BytesMut) -> Result<(), CodecError>,
     ) -> Result<bool, CodecError> {
@@ -436,7 +417,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_task_that_flushes_its_own_writer_keeps_the_order() {
+    async fn a_flush_keeps_queued_and_direct_frames_in_order() {
         let (outbox, mut writer, peer) = pair().await;
         let mut enc = |m: Bytes, b: &mut BytesMut| raw(&m, b);
         // Not flushed yet, so not idle: a direct send queues.
@@ -478,7 +459,7 @@ mod tests {
         // Held, but closed: nothing more goes out, and the peer sees the end.
         assert!(matches!(
             outbox.send_now(Bytes::from_static(b"y"), raw),
-            Sent::Gone(_)
+            Sent::Gone
         ));
         assert_eq!(read_to_end(peer).await, b"x");
         assert_eq!(outbox.written(), 1);

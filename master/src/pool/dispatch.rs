@@ -77,9 +77,9 @@ impl Pool {
         // The last answer of a round goes out before the bookkeeping below,
         // on the client's socket itself (`Outbox::send_now`): a closed loop
         // waits for neither. (With a store, its record is sent first.)
-        let early = self.quiet && self.store.is_none();
-        if early && matches!(answer, Some((_, End::Completed(_)))) {
-            if let Some((reply, End::Completed(output))) = answer.take() {
+        if self.quiet && self.store.is_none() {
+            let done = answer.take_if(|(_, end)| matches!(end, End::Completed(_)));
+            if let Some((reply, End::Completed(output))) = done {
                 reply.completed(job, output, true);
             }
         }

@@ -387,7 +387,7 @@ impl Client {
         // A lone job in flight has nothing to share a write with: it skips
         // the writer task. With others in flight, submits share writes.
         let sent = if lone {
-            !matches!(self.out.send_now(msg, codec::encode), Sent::Gone(_))
+            !matches!(self.out.send_now(msg, codec::encode), Sent::Gone)
         } else {
             self.out.send(msg)
         };
