@@ -19,7 +19,10 @@
 # client -> relay -> worker -> relay -> client with nothing but 4-byte
 # length-prefixed frames over blocking TCP_NODELAY sockets, run REPEATS
 # times with the same job count and size; the table adds its row and the
-# ratio of taskmaster's p50 to the floor's.
+# ratio of taskmaster's p50 to the floor's. With taskmaster in SYSTEMS the
+# two alternate (taskmaster a #1, floor #1, taskmaster a #2, ...): the
+# floor's p50 moves by a factor of two between sittings on a shared VM, so
+# only runs made side by side compare.
 #
 # Environment (all optional):
 #   JOBS_A JOBS_B JOBS_C  jobs per run of a, b, c (20000, 100000, 400000)
@@ -188,6 +191,14 @@ EOF
     fi
 }
 
+# run_floor REP: one run of the raw 4-hop relay floor, configuration a's
+# job count and size (relay-floor forks its relay and worker and reaps them)
+run_floor() {
+    local name clients pipeline jobs
+    read -r name clients pipeline jobs <<<"${CONFIGS[0]}"
+    run_load floor "$name" "$1" "$BUILD_DIR/relay-floor" -n "$jobs" -s "$SIZE"
+}
+
 # ---- 4. gearman -------------------------------------------------------------
 if has gearman; then
     GPORT=""
@@ -276,18 +287,19 @@ if has taskmaster; then
         for rep in $(seq "$REPEATS"); do
             run_load taskmaster "$name" "$rep" "$TM" bench --connect "$TM_ADDR" --module echo \
                 --size "$SIZE" --jobs "$jobs" --clients "$clients" --pipeline "$pipeline" --json
+            # Side by side: each 1-client run is followed by a floor run.
+            if [ "$name" = "${CONFIGS[0]%% *}" ] && has floor; then
+                run_floor "$rep"
+            fi
         done
     done
     stop_all
 fi
 
-# ---- 5b. the raw 4-hop relay floor, configuration a only -------------------
-if has floor; then
-    read -r name clients pipeline jobs <<<"${CONFIGS[0]}"
-    log "relay floor: $jobs jobs of $SIZE bytes, one at a time"
+# ---- 5b. the floor alone, when taskmaster is not in SYSTEMS -----------------
+if has floor && ! has taskmaster; then
     for rep in $(seq "$REPEATS"); do
-        # relay-floor forks its relay and worker and reaps them itself
-        run_load floor "$name" "$rep" "$BUILD_DIR/relay-floor" -n "$jobs" -s "$SIZE"
+        run_floor "$rep"
     done
 fi
 

@@ -375,6 +375,9 @@ async fn serve<R: Reporter>(
     let stop_timer = tokio::time::sleep(Duration::MAX);
     tokio::pin!(stop_timer);
     let mut stopping = false;
+    // The process exit is polled only once its waker fired, not on each of
+    // the two wake-ups per job.
+    let exit_watch = crate::wake::Gate::default();
     // The client each job sent to the child answers to, oldest first: the
     // front one's is the job running now.
     let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
@@ -393,161 +396,194 @@ async fn serve<R: Reporter>(
             .filter(|gate| gate.blocked())
             .cloned();
         let paused = held.is_some();
-        tokio::select! {
-            frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => match frame {
-                Ok(Some(msg)) => {
-                    frames += 1;
-                    let size = match &msg {
-                        FromHandler::Part { data, .. } => data.len(),
-                        FromHandler::Done { output, .. } => output.len(),
-                        _ => 0,
-                    };
-                    if size > max_payload {
-                        // The frame limit has room for the header; the
-                        // payload limit is the product's promise to clients.
-                        let cause = format!("sent {size} bytes, over --max-payload {max_payload}");
-                        warn!(pid = proc.pid, %cause, "child output too large; killing it");
-                        pool.child_event(id, ChildEvent::Broken { cause });
-                        proc.kill();
-                        trusted = false;
-                        break;
-                    }
-                    beats |= matches!(msg, FromHandler::Heartbeat);
-                    match &msg {
-                        FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } => {
-                            streaming = false;
-                            if gates.front().is_some_and(|(front, _)| front == job) {
-                                gates.pop_front();
+        // The rest of what one read brought is taken without a trip
+        // through select! per frame.
+        let buffered = if paused {
+            None
+        } else {
+            match codec::next_buffered::<FromHandler, _>(&mut reader) {
+                Ok(None) => None,
+                frame => Some(frame),
+            }
+        };
+        let frame = if let Some(frame) = buffered {
+            frame
+        } else {
+            tokio::select! {
+                frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => frame,
+                // The client read: the loop reads the child again.
+                () = wait_open(held), if paused => continue,
+                cmd = ctl.recv() => {
+                    match cmd {
+                        Some(ChildCtl::Job { job, module, input, gate, mut after }) => {
+                            // Every job already waiting (prefetch) goes in one write.
+                            buf.clear();
+                            gates.push_back((job, gate));
+                            let mut next = Some(ToHandler::Job { job, module, input });
+                            let mut deferred = None;
+                            while let Some(msg) = next.take() {
+                                if let Err(e) = codec::encode(&msg, &mut buf) {
+                                    warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
+                                    proc.kill();
+                                    break;
+                                }
+                                match ctl.try_recv() {
+                                    Ok(ChildCtl::Job { job, module, input, gate, after: a }) => {
+                                        after = after.max(a);
+                                        gates.push_back((job, gate));
+                                        next = Some(ToHandler::Job { job, module, input });
+                                    }
+                                    Ok(other) => deferred = Some(other),
+                                    Err(_) => {}
+                                }
+                            }
+                            if let (Some(seq), Some(c)) = (after, committed.as_mut()) {
+                                // The store has these jobs as started before the
+                                // child sees them; a gone store means the master
+                                // is stopping.
+                                if c.wait_for(|done| *done >= seq).await.is_err() {
+                                    break;
+                                }
+                            }
+                            if proc.killed || writer.write_all(&buf).await.is_err() {
+                                break;
+                            }
+                            if buf.capacity() > 1 << 20 {
+                                buf = BytesMut::with_capacity(16 * 1024);
+                            }
+                            match deferred {
+                                Some(ChildCtl::Stop) if !stopping => {
+                                    stopping = true;
+                                    proc.signal(Signal::SIGTERM);
+                                    stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                                }
+                                Some(ChildCtl::Kill) => proc.kill(),
+                                Some(ChildCtl::Terminate) => {
+                                    stopping = true;
+                                    proc.signal(Signal::SIGTERM);
+                                    stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
+                                }
+                                _ => {}
                             }
                         }
-                        FromHandler::Part { .. } => streaming = true,
-                        FromHandler::Heartbeat => {}
-                    }
-                    forward(id, msg, pool);
-                    // Frames already buffered decode without waiting, so a
-                    // child streaming parts could fill the pool's queue
-                    // faster than the pool empties it: let it run.
-                    if frames & 63 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                Ok(None) => break,
-                // A socket error or a cut-off frame is what a dead child
-                // looks like (a reset when it died with jobs unread): like
-                // EOF, the process is reaped below (killed if it lingers),
-                // so its exit is told as it was, OOM hint included.
-                Err(e) if proc.killed || !matches!(e, codec::CodecError::FrameTooLarge { .. } | codec::CodecError::OverLimit { .. } | codec::CodecError::Malformed(_)) => {
-                    debug!(pid = proc.pid, error = %e, "connection to child ended");
-                    break;
-                }
-                Err(e) => {
-                    // Never reuse a connection after a decode error: a late
-                    // frame could answer the wrong job. A frame that arrived
-                    // wrong is the child's fault, named in its job's message.
-                    warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
-                    pool.child_event(id, ChildEvent::Broken { cause: format!("sent a bad frame: {e}") });
-                    proc.kill();
-                    trusted = false;
-                    break;
-                }
-            },
-            // The client read: the loop reads the child again.
-            () = wait_open(held), if paused => {}
-            cmd = ctl.recv() => match cmd {
-                Some(ChildCtl::Job { job, module, input, gate, mut after }) => {
-                    // Every job already waiting (prefetch) goes in one write.
-                    buf.clear();
-                    gates.push_back((job, gate));
-                    let mut next = Some(ToHandler::Job { job, module, input });
-                    let mut deferred = None;
-                    while let Some(msg) = next.take() {
-                        if let Err(e) = codec::encode(&msg, &mut buf) {
-                            warn!(pid = proc.pid, error = %e, "cannot encode job; killing child");
-                            proc.kill();
-                            break;
-                        }
-                        match ctl.try_recv() {
-                            Ok(ChildCtl::Job { job, module, input, gate, after: a }) => {
-                                after = after.max(a);
-                                gates.push_back((job, gate));
-                                next = Some(ToHandler::Job { job, module, input });
-                            }
-                            Ok(other) => deferred = Some(other),
-                            Err(_) => {}
-                        }
-                    }
-                    if let (Some(seq), Some(c)) = (after, committed.as_mut()) {
-                        // The store has these jobs as started before the
-                        // child sees them; a gone store means the master
-                        // is stopping.
-                        if c.wait_for(|done| *done >= seq).await.is_err() {
-                            break;
-                        }
-                    }
-                    if proc.killed || writer.write_all(&buf).await.is_err() {
-                        break;
-                    }
-                    if buf.capacity() > 1 << 20 {
-                        buf = BytesMut::with_capacity(16 * 1024);
-                    }
-                    match deferred {
-                        Some(ChildCtl::Stop) if !stopping => {
-                            stopping = true;
-                            proc.signal(Signal::SIGTERM);
-                            stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
-                        }
-                        Some(ChildCtl::Kill) => proc.kill(),
                         Some(ChildCtl::Terminate) => {
                             stopping = true;
                             proc.signal(Signal::SIGTERM);
                             stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
                         }
-                        _ => {}
+                        Some(ChildCtl::Stop) if !stopping => {
+                            stopping = true;
+                            debug!(pid = proc.pid, "stopping child");
+                            proc.signal(Signal::SIGTERM);
+                            stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        }
+                        Some(ChildCtl::Kill) | None => proc.kill(),
+                        Some(_) => {}
                     }
+                    continue;
                 }
-                Some(ChildCtl::Terminate) => {
-                    stopping = true;
-                    proc.signal(Signal::SIGTERM);
-                    stop_timer.as_mut().reset(tokio::time::Instant::now() + TERMINATE_GRACE);
+                info = exit_watch.run(proc.reap()) => {
+                    drain(id, &mut reader, &mut gates, pool).await;
+                    if let Some(file) = &journal {
+                        forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
+                    }
+                    return info;
                 }
-                Some(ChildCtl::Stop) if !stopping => {
-                    stopping = true;
-                    debug!(pid = proc.pid, "stopping child");
-                    proc.signal(Signal::SIGTERM);
-                    stop_timer.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
+                    if paused {
+                        // Its heartbeats wait unread behind the parts we hold
+                        // back: silence is ours, not the child's.
+                        silent_beats = 0;
+                        frames_at_beat = frames;
+                    } else if frames == frames_at_beat {
+                        silent_beats += 1;
+                    } else {
+                        silent_beats = 0;
+                        frames_at_beat = frames;
+                    }
+                    if silent_beats >= 3 {
+                        stall_reported = true;
+                        let silent = heartbeat.unwrap_or_default() * silent_beats;
+                        pool.child_event(id, ChildEvent::Stalled { silent });
+                    }
+                    continue;
                 }
-                Some(ChildCtl::Kill) | None => proc.kill(),
-                Some(_) => {}
-            },
-            info = proc.reap() => {
-                drain(id, &mut reader, &mut gates, pool).await;
-                if let Some(file) = &journal {
-                    forward_journal(id, proc.pid, file, &mut gates, pool, max_payload);
-                }
-                return info;
-            }
-            _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
-                if paused {
-                    // Its heartbeats wait unread behind the parts we hold
-                    // back: silence is ours, not the child's.
-                    silent_beats = 0;
-                    frames_at_beat = frames;
-                } else if frames == frames_at_beat {
-                    silent_beats += 1;
-                } else {
-                    silent_beats = 0;
-                    frames_at_beat = frames;
-                }
-                if silent_beats >= 3 {
-                    stall_reported = true;
-                    let silent = heartbeat.unwrap_or_default() * silent_beats;
-                    pool.child_event(id, ChildEvent::Stalled { silent });
+                _ = &mut stop_timer, if stopping => {
+                    warn!(pid = proc.pid, "child ignored SIGTERM; killing it");
+                    proc.kill();
+                    stop_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    continue;
                 }
             }
-            _ = &mut stop_timer, if stopping => {
-                warn!(pid = proc.pid, "child ignored SIGTERM; killing it");
+        };
+        match frame {
+            Ok(Some(msg)) => {
+                frames += 1;
+                let size = match &msg {
+                    FromHandler::Part { data, .. } => data.len(),
+                    FromHandler::Done { output, .. } => output.len(),
+                    _ => 0,
+                };
+                if size > max_payload {
+                    // The frame limit has room for the header; the
+                    // payload limit is the product's promise to clients.
+                    let cause = format!("sent {size} bytes, over --max-payload {max_payload}");
+                    warn!(pid = proc.pid, %cause, "child output too large; killing it");
+                    pool.child_event(id, ChildEvent::Broken { cause });
+                    proc.kill();
+                    trusted = false;
+                    break;
+                }
+                beats |= matches!(msg, FromHandler::Heartbeat);
+                match &msg {
+                    FromHandler::Done { job, .. } | FromHandler::Failed { job, .. } => {
+                        streaming = false;
+                        if gates.front().is_some_and(|(front, _)| front == job) {
+                            gates.pop_front();
+                        }
+                    }
+                    FromHandler::Part { .. } => streaming = true,
+                    FromHandler::Heartbeat => {}
+                }
+                forward(id, msg, pool);
+                // Frames already buffered decode without waiting, so a
+                // child streaming parts could fill the pool's queue
+                // faster than the pool empties it: let it run.
+                if frames & 63 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok(None) => break,
+            // A socket error or a cut-off frame is what a dead child
+            // looks like (a reset when it died with jobs unread): like
+            // EOF, the process is reaped below (killed if it lingers),
+            // so its exit is told as it was, OOM hint included.
+            Err(e)
+                if proc.killed
+                    || !matches!(
+                        e,
+                        codec::CodecError::FrameTooLarge { .. }
+                            | codec::CodecError::OverLimit { .. }
+                            | codec::CodecError::Malformed(_)
+                    ) =>
+            {
+                debug!(pid = proc.pid, error = %e, "connection to child ended");
+                break;
+            }
+            Err(e) => {
+                // Never reuse a connection after a decode error: a late
+                // frame could answer the wrong job. A frame that arrived
+                // wrong is the child's fault, named in its job's message.
+                warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
+                pool.child_event(
+                    id,
+                    ChildEvent::Broken {
+                        cause: format!("sent a bad frame: {e}"),
+                    },
+                );
                 proc.kill();
-                stop_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                trusted = false;
+                break;
             }
         }
     }

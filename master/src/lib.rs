@@ -48,6 +48,8 @@
 //!   - `stats.rs`: `/healthz` and the stats figures.
 //!   - `tests.rs`, `model.rs`: unit tests and the proptest model.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
+//! - [`wake`]: [`wake::Gate`], a `select!` branch polled only after its
+//!   own wake-up (a child's exit watch).
 //! - [`journal`]: each child's answer journal (made at spawn, read back
 //!   after its death).
 //! - [`job`]: a job, where its answers go, answers to job operations.
@@ -93,3 +95,4 @@ pub mod store;
 pub mod table;
 pub mod tls;
 pub mod types;
+pub mod wake;

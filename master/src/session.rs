@@ -128,6 +128,7 @@ pub async fn serve(
     tokio::pin!(idle_timer);
     // One future for the connection's life: a fresh one per frame would
     // register a waker per frame on the hot path.
+    let over_now = over.clone();
     let client_over = over.wait_for(|over| *over);
     tokio::pin!(client_over);
     let mut received: u64 = 0;
@@ -138,29 +139,44 @@ pub async fn serve(
         // A client that does not read its answers gets no more requests
         // read (flow control by bytes, as --max-in-flight is by count).
         let blocked = backlog.blocked();
-        let frame = tokio::select! {
-            biased;
-            _ = &mut client_over => {
-                warn!(%peer, max_bytes = cfg.max_client_backlog, "client not reading its answers (--max-client-backlog); closing");
-                break;
+        // The rest of what one read brought is taken without a trip
+        // through select! per frame (the checks that come first in it are
+        // made here too).
+        let buffered = if blocked || *over_now.borrow() {
+            None
+        } else {
+            match codec::next_buffered::<ToMaster, _>(&mut reader) {
+                Ok(None) => None,
+                frame => Some(frame),
             }
-            () = wait_open(blocked.then(|| backlog.clone())), if blocked => continue,
-            frame = codec::read_message::<ToMaster, _>(&mut reader), if !blocked => frame,
-            // Reading a frame is cancel-safe (a partial one stays buffered
-            // in the reader), so the idle check may interrupt it.
-            () = &mut idle_timer, if cfg.client_idle.is_some() => {
-                let idle = cfg.client_idle.unwrap_or_default();
-                // Only a connection with nothing in flight is idle: one
-                // waiting for long jobs is not.
-                let now_seen = (received, tx.written());
-                let quiet = permits.available_permits() == max_in_flight;
-                if quiet && now_seen == seen {
-                    info!(%peer, "idle client connection closed (--client-idle-timeout)");
+        };
+        let frame = if let Some(frame) = buffered {
+            frame
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut client_over => {
+                    warn!(%peer, max_bytes = cfg.max_client_backlog, "client not reading its answers (--max-client-backlog); closing");
                     break;
                 }
-                seen = now_seen;
-                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                continue;
+                () = wait_open(blocked.then(|| backlog.clone())), if blocked => continue,
+                frame = codec::read_message::<ToMaster, _>(&mut reader), if !blocked => frame,
+                // Reading a frame is cancel-safe (a partial one stays buffered
+                // in the reader), so the idle check may interrupt it.
+                () = &mut idle_timer, if cfg.client_idle.is_some() => {
+                    let idle = cfg.client_idle.unwrap_or_default();
+                    // Only a connection with nothing in flight is idle: one
+                    // waiting for long jobs is not.
+                    let now_seen = (received, tx.written());
+                    let quiet = permits.available_permits() == max_in_flight;
+                    if quiet && now_seen == seen {
+                        info!(%peer, "idle client connection closed (--client-idle-timeout)");
+                        break;
+                    }
+                    seen = now_seen;
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    continue;
+                }
             }
         };
         received += 1;

@@ -244,6 +244,33 @@ where
     }
 }
 
+/// The next message if its whole frame is already in the reader's buffer,
+/// without touching the socket; `Ok(None)` if it is not. A loop that read
+/// one frame takes the rest of what the same read brought with this,
+/// instead of a trip through its `select!` per frame. The same decoder
+/// state is used as by [`read_message`], so the two mix freely.
+pub fn next_buffered<M, R>(reader: &mut FrameReader<R>) -> Result<Option<M>, CodecError>
+where
+    M: Message,
+    R: AsyncRead + Unpin,
+{
+    use tokio_util::codec::Decoder;
+    // A frame needs more than its length prefix: less is never whole.
+    if reader.read_buffer().len() <= LENGTH_BYTES {
+        return Ok(None);
+    }
+    // The decoder and the buffer are two borrows of the reader: the buffer
+    // is taken out for the call (a move, not a copy) and put back.
+    let mut buf = std::mem::take(reader.read_buffer_mut());
+    let frame = reader.decoder_mut().decode(&mut buf);
+    *reader.read_buffer_mut() = buf;
+    match frame {
+        Ok(Some(frame)) => decode(frame).map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(classify_read_error(e, reader.decoder().max_frame_length())),
+    }
+}
+
 fn classify_read_error(e: io::Error, max: usize) -> CodecError {
     let text = e.to_string();
     if e.kind() == io::ErrorKind::InvalidData && text.contains("frame size too big") {
