@@ -104,7 +104,7 @@ pub struct Ended {
 pub struct JobTable {
     instance: Arc<str>,
     limits: Limits,
-    records: FastMap<JobId, Record>,
+    records: FastMap<JobId, Box<Record>>,
     /// The wall clock at a monotonic instant: times are kept as `Instant`s
     /// (one cheap clock read each) and turned into wall time only when
     /// shown.
@@ -223,7 +223,7 @@ impl JobTable {
         let now = Instant::now();
         self.records.insert(
             job,
-            Record {
+            Box::new(Record {
                 module,
                 status,
                 created: now,
@@ -241,7 +241,7 @@ impl JobTable {
                 order: 0,
                 priority: taskmaster_proto::Priority::Normal,
                 retries: 0,
-            },
+            }),
         );
     }
 
@@ -260,7 +260,7 @@ impl JobTable {
         }
         self.records.insert(
             job,
-            Record {
+            Box::new(Record {
                 module,
                 status: stored.status,
                 created,
@@ -278,7 +278,7 @@ impl JobTable {
                 order: stored.order,
                 priority: stored.priority,
                 retries: stored.retries,
-            },
+            }),
         );
         if let Some(at) = finished {
             // Oldest first, as they ended; the caller gives them in that order.
@@ -321,12 +321,12 @@ impl JobTable {
 
     /// The record of a job that has not been evicted.
     pub fn get(&self, job: JobId) -> Option<&Record> {
-        self.records.get(&job)
+        self.records.get(&job).map(|r| &**r)
     }
 
     /// The record of a job, to change it.
     pub fn get_mut(&mut self, job: JobId) -> Option<&mut Record> {
-        self.records.get_mut(&job)
+        self.records.get_mut(&job).map(|r| &mut **r)
     }
 
     /// A `start-later` job joins the queue.
@@ -364,7 +364,7 @@ impl JobTable {
         }
         if !keep && r.waiters.is_empty() {
             let now = Instant::now();
-            let r = self.records.remove(&job)?;
+            let r = *self.records.remove(&job)?;
             if r.status == JobStatus::StartLater {
                 self.start_later -= 1;
             }

@@ -371,6 +371,7 @@ mod tests {
     use crate::messages::*;
     use crate::reason::Reason;
     use std::fmt::Debug;
+    use tokio::io::AsyncWriteExt;
 
     fn roundtrip<M: Message + PartialEq + Debug>(msg: M) {
         let frame = to_frame(&msg).unwrap();
@@ -601,6 +602,50 @@ mod tests {
         assert!(matches!(
             read_message::<ToMaster, _>(&mut r).await,
             Err(CodecError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_are_taken_in_order_and_mix_with_reads() {
+        let mut bytes = BytesMut::new();
+        for tag in 0..3u64 {
+            encode(&ToMaster::Stats { tag }, &mut bytes).unwrap();
+        }
+        // Half of a fourth frame, then an oversized one.
+        let mut fourth = BytesMut::new();
+        encode(&ToMaster::Stats { tag: 3 }, &mut fourth).unwrap();
+        let half = fourth.len() / 2;
+        bytes.extend_from_slice(&fourth[..half]);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tx.write_all(&bytes).await.unwrap();
+        let mut r = frame_reader(rx, 1024);
+        // Nothing read yet: nothing buffered.
+        assert!(next_buffered::<ToMaster, _>(&mut r).unwrap().is_none());
+        let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
+        assert_eq!(m, ToMaster::Stats { tag: 0 });
+        // The same read brought the next two whole frames and half a third.
+        for tag in 1..3u64 {
+            let m = next_buffered::<ToMaster, _>(&mut r).unwrap();
+            assert_eq!(m, Some(ToMaster::Stats { tag }));
+        }
+        assert!(next_buffered::<ToMaster, _>(&mut r).unwrap().is_none());
+        // Its rest arrives; a read completes it (the decoder kept its place).
+        tx.write_all(&fourth[half..]).await.unwrap();
+        let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
+        assert_eq!(m, ToMaster::Stats { tag: 3 });
+        // A length over the limit, already buffered, is refused as read
+        // would refuse it.
+        let mut two = BytesMut::new();
+        encode(&ToMaster::Stats { tag: 5 }, &mut two).unwrap();
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tx.write_all(&two).await.unwrap();
+        tx.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0]).await.unwrap();
+        let mut r = frame_reader(rx, 1024);
+        let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
+        assert_eq!(m, ToMaster::Stats { tag: 5 });
+        assert!(matches!(
+            next_buffered::<ToMaster, _>(&mut r),
+            Err(CodecError::OverLimit { .. })
         ));
     }
 

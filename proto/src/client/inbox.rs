@@ -16,7 +16,11 @@ pub(super) struct Inbox<T> {
 }
 
 struct InboxState<T> {
-    events: VecDeque<T>,
+    /// The oldest event, kept out of `rest` while it is the only one: most
+    /// jobs get one event (their answer), and a queue allocates for it.
+    first: Option<T>,
+    /// Events after `first`.
+    rest: VecDeque<T>,
     /// No more events will come (the final one is in, or the connection is
     /// gone).
     closed: bool,
@@ -26,7 +30,8 @@ impl<T> Default for Inbox<T> {
     fn default() -> Self {
         Inbox {
             state: Mutex::new(InboxState {
-                events: VecDeque::new(),
+                first: None,
+                rest: VecDeque::new(),
                 closed: false,
             }),
             notify: Notify::new(),
@@ -39,7 +44,11 @@ impl<T> Inbox<T> {
     pub(super) fn push(&self, event: T, last: bool) {
         {
             let mut state = self.state.lock().expect("inbox lock");
-            state.events.push_back(event);
+            if state.first.is_none() && state.rest.is_empty() {
+                state.first = Some(event);
+            } else {
+                state.rest.push_back(event);
+            }
             state.closed |= last;
         }
         self.notify.notify_one();
@@ -56,7 +65,7 @@ impl<T> Inbox<T> {
         loop {
             {
                 let mut state = self.state.lock().expect("inbox lock");
-                if let Some(event) = state.events.pop_front() {
+                if let Some(event) = state.first.take().or_else(|| state.rest.pop_front()) {
                     return Some(event);
                 }
                 if state.closed {
