@@ -54,6 +54,7 @@
 //!   after its death).
 //! - [`job`]: a job, where its answers go, answers to job operations.
 //! - [`table`]: the job table (statuses, times, kept outcomes, eviction).
+//! - [`slots`]: the table's storage, a ring indexed by job number.
 //! - [`events`]: lifecycle events for `GET /events` and `taskmaster events`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`types`]: the leaf every server module may import and that imports
@@ -91,6 +92,7 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod signals;
+pub mod slots;
 pub mod store;
 pub mod table;
 pub mod tls;

@@ -5,8 +5,9 @@
 //! (`result --wait`, HTTP `wait=`) are told the moment their job ends.
 
 use crate::job::{Answer, Body, JobId, Queued};
+use crate::slots::Slots;
 use crate::store::StoredJob;
-use crate::types::{ChildId, FastMap};
+use crate::types::ChildId;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -104,7 +105,7 @@ pub struct Ended {
 pub struct JobTable {
     instance: Arc<str>,
     limits: Limits,
-    records: FastMap<JobId, Box<Record>>,
+    records: Slots<Record>,
     /// The wall clock at a monotonic instant: times are kept as `Instant`s
     /// (one cheap clock read each) and turned into wall time only when
     /// shown.
@@ -163,7 +164,7 @@ impl JobTable {
         JobTable {
             instance,
             limits,
-            records: FastMap::default(),
+            records: Slots::default(),
             epoch: Epoch(SystemTime::now(), Instant::now()),
             finished: VecDeque::new(),
             result_bytes: 0,
@@ -223,7 +224,7 @@ impl JobTable {
         let now = Instant::now();
         self.records.insert(
             job,
-            Box::new(Record {
+            Record {
                 module,
                 status,
                 created: now,
@@ -241,7 +242,7 @@ impl JobTable {
                 order: 0,
                 priority: taskmaster_proto::Priority::Normal,
                 retries: 0,
-            }),
+            },
         );
     }
 
@@ -260,7 +261,7 @@ impl JobTable {
         }
         self.records.insert(
             job,
-            Box::new(Record {
+            Record {
                 module,
                 status: stored.status,
                 created,
@@ -278,7 +279,7 @@ impl JobTable {
                 order: stored.order,
                 priority: stored.priority,
                 retries: stored.retries,
-            }),
+            },
         );
         if let Some(at) = finished {
             // Oldest first, as they ended; the caller gives them in that order.
@@ -321,12 +322,12 @@ impl JobTable {
 
     /// The record of a job that has not been evicted.
     pub fn get(&self, job: JobId) -> Option<&Record> {
-        self.records.get(&job).map(|r| &**r)
+        self.records.get(&job)
     }
 
     /// The record of a job, to change it.
     pub fn get_mut(&mut self, job: JobId) -> Option<&mut Record> {
-        self.records.get_mut(&job).map(|r| &mut **r)
+        self.records.get_mut(&job)
     }
 
     /// A `start-later` job joins the queue.
@@ -364,7 +365,7 @@ impl JobTable {
         }
         if !keep && r.waiters.is_empty() {
             let now = Instant::now();
-            let r = *self.records.remove(&job)?;
+            let r = self.records.remove(&job)?;
             if r.status == JobStatus::StartLater {
                 self.start_later -= 1;
             }
@@ -442,13 +443,12 @@ impl JobTable {
                 return;
             }
             self.finished.pop_front();
-            if let Some(r) = self.records.remove(&job) {
-                if let Some(out) = r.output {
-                    self.result_bytes -= out.len();
-                }
+            if let Some(r) = self.records.get(&job) {
+                self.result_bytes -= r.output.as_ref().map_or(0, Bytes::len);
                 if r.durable {
                     self.evicted.push(job);
                 }
+                self.records.discard(&job);
             }
         }
     }
@@ -513,18 +513,18 @@ impl JobTable {
     /// Recent jobs, newest first.
     pub fn list(&self, limit: usize, status: Option<JobStatus>) -> JobList {
         // Newest first: job numbers grow, so sort them (a list is rare and
-        // the table small; the hot path keeps the cheaper hash map).
+        // the table small; records moved aside come in no order).
         let mut ids: Vec<JobId> = self
             .records
             .iter()
             .filter(|(_, r)| status.is_none_or(|s| r.status == s))
-            .map(|(&job, _)| job)
+            .map(|(job, _)| job)
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         let jobs = ids
             .into_iter()
             .take(limit)
-            .map(|job| view(self.id(job), &self.records[&job], self.epoch))
+            .filter_map(|job| Some(view(self.id(job), self.records.get(&job)?, self.epoch)))
             .collect();
         JobList { jobs }
     }
