@@ -380,10 +380,13 @@ impl Pool {
                     idle_sleep.as_mut().reset(at);
                 }
             }
+            // The table's clock is cleared before anything that may wait
+            // (`JobTable::tick`): a reading never outlives its round.
             let cmd = tokio::select! {
                 () = &mut idle_sleep, if armed.is_some() => {
                     self.idle_check = None;
                     self.shrink_idle();
+                    self.table.tick();
                     continue;
                 }
                 cmd = rx.recv() => match cmd {
@@ -392,15 +395,18 @@ impl Pool {
                 },
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.job_timed_out(expired.into_inner());
+                    self.table.tick();
                     continue;
                 }
                 Some(done) = durable(&mut committed), if !self.acks.is_empty() => {
                     self.durable_upto(done);
+                    self.table.tick();
                     continue;
                 }
                 Some(event) = async { nats_events.as_mut()?.recv().await } => {
                     self.nats_event(event);
                     self.tell_free();
+                    self.table.tick();
                     continue;
                 }
             };
@@ -447,8 +453,13 @@ impl Pool {
             if rx.is_empty() {
                 self.round += 1;
                 streak = 0;
+                self.table.tick();
             } else {
                 streak += 1;
+                // Times stay within some 64 commands of the clock.
+                if streak % 64 == 0 {
+                    self.table.tick();
+                }
                 if streak >= LONGEST_ROUND {
                     streak = 0;
                     tokio::task::yield_now().await;
