@@ -378,6 +378,7 @@ async fn serve<R: Reporter>(
     // The process exit is polled only once its waker fired, not on each of
     // the two wake-ups per job.
     let exit_watch = crate::wake::Gate::default();
+    let beat_watch = crate::wake::Gate::default();
     // The client each job sent to the child answers to, oldest first: the
     // front one's is the job running now.
     let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
@@ -489,7 +490,7 @@ async fn serve<R: Reporter>(
                     }
                     return info;
                 }
-                _ = beat.tick(), if heartbeat.is_some() && beats && !stall_reported => {
+                _ = beat_watch.run(beat.tick()), if heartbeat.is_some() && beats && !stall_reported => {
                     if paused {
                         // Its heartbeats wait unread behind the parts we hold
                         // back: silence is ours, not the child's.

@@ -49,7 +49,7 @@
 //!   - `tests.rs`, `model.rs`: unit tests and the proptest model.
 //! - [`child`]: one task per child process (spawn, attach, jobs, exit).
 //! - [`wake`]: [`wake::Gate`], a `select!` branch polled only after its
-//!   own wake-up (a child's exit watch).
+//!   own wake-up (a child's exit watch and heartbeat, a session's timers).
 //! - [`journal`]: each child's answer journal (made at spawn, read back
 //!   after its death).
 //! - [`job`]: a job, where its answers go, answers to job operations.

@@ -131,6 +131,9 @@ pub async fn serve(
     let over_now = over.clone();
     let client_over = over.wait_for(|over| *over);
     tokio::pin!(client_over);
+    // Both are polled only after their own wake-ups (`wake::Gate`), not
+    // on each of the reader's.
+    let (over_watch, idle_watch) = (crate::wake::Gate::default(), crate::wake::Gate::default());
     let mut received: u64 = 0;
     // (frames in, frames out) when the idle timer last fired; the Welcome
     // is the first frame out.
@@ -155,7 +158,7 @@ pub async fn serve(
         } else {
             tokio::select! {
                 biased;
-                _ = &mut client_over => {
+                _ = over_watch.run(client_over.as_mut()) => {
                     warn!(%peer, max_bytes = cfg.max_client_backlog, "client not reading its answers (--max-client-backlog); closing");
                     break;
                 }
@@ -163,7 +166,7 @@ pub async fn serve(
                 frame = codec::read_message::<ToMaster, _>(&mut reader), if !blocked => frame,
                 // Reading a frame is cancel-safe (a partial one stays buffered
                 // in the reader), so the idle check may interrupt it.
-                () = &mut idle_timer, if cfg.client_idle.is_some() => {
+                () = idle_watch.run(idle_timer.as_mut()), if cfg.client_idle.is_some() => {
                     let idle = cfg.client_idle.unwrap_or_default();
                     // Only a connection with nothing in flight is idle: one
                     // waiting for long jobs is not.

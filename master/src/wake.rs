@@ -3,9 +3,11 @@
 //! `tokio::select!` polls every enabled branch each time its task wakes.
 //! A child task wakes about twice per job (the job to send, the answer to
 //! read), and polling its process-exit branch then costs some 300
-//! instructions for nothing: the process is almost never gone. The gate
-//! hands the branch a waker of its own, and polls it again only once that
-//! waker has fired.
+//! instructions for nothing: the process is almost never gone. The same
+//! holds for its heartbeat tick and for a client session's idle timer and
+//! backlog watch. The gate hands the branch a waker of its own, and polls
+//! it again only once that waker has fired (or right after the branch
+//! completed, so what it waits on can be re-armed).
 
 use futures_util::task::AtomicWaker;
 use std::future::Future;
@@ -59,7 +61,13 @@ impl Gate {
                 return Poll::Pending;
             }
             let waker = Waker::from(self.0.clone());
-            fut.as_mut().poll(&mut Context::from_waker(&waker))
+            let done = fut.as_mut().poll(&mut Context::from_waker(&waker));
+            if done.is_ready() {
+                // What it waits on may be re-armed (a timer reset, the next
+                // tick) without a waker yet: the next round polls it once.
+                self.0.fired.store(true, Ordering::Release);
+            }
+            done
         })
         .await
     }
@@ -121,5 +129,16 @@ mod tests {
             _ = rx.recv() => panic!("nothing sent"),
         }
         assert_eq!(polls.load(Ordering::SeqCst), 2);
+        // Done once, it is polled in the next round (to re-arm), then not.
+        ready.store(false, Ordering::SeqCst);
+        for _ in 0..3 {
+            tx.send(()).unwrap();
+            tokio::select! {
+                biased;
+                () = gate.run(probe()) => panic!("not ready"),
+                _ = rx.recv() => {}
+            }
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 3);
     }
 }

@@ -573,3 +573,59 @@ async fn answered_jobs_are_kept_unless_forget_answered() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The job table keeps records in a ring by job number; one that outstays
+/// 65,536 newer numbers moves to a side map. A `start-later` job held while
+/// 70,000 others come and go must still be found, started and answered, and
+/// outcomes past `--keep-results` still go.
+#[tokio::test]
+async fn a_job_held_while_70000_others_pass_is_still_found_and_answered() {
+    let master = Master::ready(&[
+        "--pool-start",
+        "2",
+        "--pool-max",
+        "2",
+        "--keep-results",
+        "100",
+    ]);
+    let client = master.client().await;
+    let held = client
+        .submit_detached("echo", "held", start_later())
+        .await
+        .unwrap();
+    let o = output_within(
+        std::process::Command::new(bin("taskmaster")).args([
+            "bench",
+            "--connect",
+            &master.addr,
+            "--json",
+            "--jobs",
+            "70000",
+            "--clients",
+            "2",
+            "--pipeline",
+            "50",
+        ]),
+        Duration::from_secs(240),
+    );
+    assert_eq!(o.status.code(), Some(0), "bench: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["completed"], 70000, "{report}");
+    assert_eq!(
+        client.status(&held.id).await.unwrap().status,
+        JobStatus::StartLater
+    );
+    // The table kept 100 outcomes and the held job, not 70,000.
+    let kept = client.jobs(10_000, None).await.unwrap().jobs;
+    assert_eq!(kept.len(), 101, "{} jobs listed", kept.len());
+    assert_eq!(kept.iter().filter(|v| v.id == held.id).count(), 1);
+    client.start(&held.id).await.unwrap();
+    match client
+        .result(&held.id, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
+        JobResult::Completed(out) => assert_eq!(out, "held"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -457,7 +457,7 @@ impl Pool {
             } else {
                 streak += 1;
                 // Times stay within some 64 commands of the clock.
-                if streak % 64 == 0 {
+                if streak.is_multiple_of(64) {
                     self.table.tick();
                 }
                 if streak >= LONGEST_ROUND {
