@@ -399,14 +399,9 @@ async fn serve<R: Reporter>(
         let paused = held.is_some();
         // The rest of what one read brought is taken without a trip
         // through select! per frame.
-        let buffered = if paused {
-            None
-        } else {
-            match codec::next_buffered::<FromHandler, _>(&mut reader) {
-                Ok(None) => None,
-                frame => Some(frame),
-            }
-        };
+        let buffered = (!paused)
+            .then(|| codec::next_buffered::<FromHandler, _>(&mut reader))
+            .flatten();
         let frame = if let Some(frame) = buffered {
             frame
         } else {

@@ -145,14 +145,9 @@ pub async fn serve(
         // The rest of what one read brought is taken without a trip
         // through select! per frame (the checks that come first in it are
         // made here too).
-        let buffered = if blocked || *over_now.borrow() {
-            None
-        } else {
-            match codec::next_buffered::<ToMaster, _>(&mut reader) {
-                Ok(None) => None,
-                frame => Some(frame),
-            }
-        };
+        let buffered = (!(blocked || *over_now.borrow()))
+            .then(|| codec::next_buffered::<ToMaster, _>(&mut reader))
+            .flatten();
         let frame = if let Some(frame) = buffered {
             frame
         } else {

@@ -244,12 +244,13 @@ where
     }
 }
 
-/// The next message if its whole frame is already in the reader's buffer,
-/// without touching the socket; `Ok(None)` if it is not. A loop that read
-/// one frame takes the rest of what the same read brought with this,
-/// instead of a trip through its `select!` per frame. The same decoder
-/// state is used as by [`read_message`], so the two mix freely.
-pub fn next_buffered<M, R>(reader: &mut FrameReader<R>) -> Result<Option<M>, CodecError>
+/// What [`read_message`] would return, if the reader's buffer already
+/// holds it (a whole frame, or a frame that breaks the rules), without
+/// touching the socket; `None` if a read is needed. A loop that read one
+/// frame takes the rest of what the same read brought with this, instead
+/// of a trip through its `select!` per frame. The same decoder state is
+/// used as by [`read_message`], so the two mix freely.
+pub fn next_buffered<M, R>(reader: &mut FrameReader<R>) -> Option<Result<Option<M>, CodecError>>
 where
     M: Message,
     R: AsyncRead + Unpin,
@@ -257,7 +258,7 @@ where
     use tokio_util::codec::Decoder;
     // A frame needs more than its length prefix: less is never whole.
     if reader.read_buffer().len() <= LENGTH_BYTES {
-        return Ok(None);
+        return None;
     }
     // The decoder and the buffer are two borrows of the reader: the buffer
     // is taken out for the call (a move, not a copy) and put back.
@@ -265,9 +266,12 @@ where
     let frame = reader.decoder_mut().decode(&mut buf);
     *reader.read_buffer_mut() = buf;
     match frame {
-        Ok(Some(frame)) => decode(frame).map(Some),
-        Ok(None) => Ok(None),
-        Err(e) => Err(classify_read_error(e, reader.decoder().max_frame_length())),
+        Ok(Some(frame)) => Some(decode(frame).map(Some)),
+        Ok(None) => None,
+        Err(e) => Some(Err(classify_read_error(
+            e,
+            reader.decoder().max_frame_length(),
+        ))),
     }
 }
 
@@ -620,15 +624,15 @@ mod tests {
         tx.write_all(&bytes).await.unwrap();
         let mut r = frame_reader(rx, 1024);
         // Nothing read yet: nothing buffered.
-        assert!(next_buffered::<ToMaster, _>(&mut r).unwrap().is_none());
+        assert!(next_buffered::<ToMaster, _>(&mut r).is_none());
         let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
         assert_eq!(m, ToMaster::Stats { tag: 0 });
         // The same read brought the next two whole frames and half a third.
         for tag in 1..3u64 {
-            let m = next_buffered::<ToMaster, _>(&mut r).unwrap();
+            let m = next_buffered::<ToMaster, _>(&mut r).unwrap().unwrap();
             assert_eq!(m, Some(ToMaster::Stats { tag }));
         }
-        assert!(next_buffered::<ToMaster, _>(&mut r).unwrap().is_none());
+        assert!(next_buffered::<ToMaster, _>(&mut r).is_none());
         // Its rest arrives; a read completes it (the decoder kept its place).
         tx.write_all(&fourth[half..]).await.unwrap();
         let m: ToMaster = read_message(&mut r).await.unwrap().unwrap();
@@ -645,7 +649,7 @@ mod tests {
         assert_eq!(m, ToMaster::Stats { tag: 5 });
         assert!(matches!(
             next_buffered::<ToMaster, _>(&mut r),
-            Err(CodecError::OverLimit { .. })
+            Some(Err(CodecError::OverLimit { .. }))
         ));
     }
 

@@ -4,22 +4,10 @@
 
 use bytes::Bytes;
 use std::time::Duration;
-use taskmaster_tests::{bin, output_within, wait_stats, Master, Reason};
+use taskmaster_tests::{bench_within, bin, output_within, wait_stats, Master, Reason};
 
 fn bench(master: &Master, args: &[&str]) -> serde_json::Value {
-    let o = output_within(
-        std::process::Command::new(bin("taskmaster"))
-            .args(["bench", "--connect", &master.addr, "--json"])
-            .args(args),
-        Duration::from_secs(60),
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "bench failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("one JSON object")
+    bench_within(master, args, Duration::from_secs(60))
 }
 
 #[test]

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use std::time::{Duration, Instant};
 use taskmaster_proto::jobs::JobRef;
 use taskmaster_proto::{JobResult, JobStatus, SubmitOptions};
-use taskmaster_tests::{bin, cli, output_within, wait_stats, ClientError, Master, Reason};
+use taskmaster_tests::{
+    bench_within, bin, cli, output_within, wait_stats, ClientError, Master, Reason,
+};
 
 fn detached() -> SubmitOptions {
     SubmitOptions::default()
@@ -593,23 +595,11 @@ async fn a_job_held_while_70000_others_pass_is_still_found_and_answered() {
         .submit_detached("echo", "held", start_later())
         .await
         .unwrap();
-    let o = output_within(
-        std::process::Command::new(bin("taskmaster")).args([
-            "bench",
-            "--connect",
-            &master.addr,
-            "--json",
-            "--jobs",
-            "70000",
-            "--clients",
-            "2",
-            "--pipeline",
-            "50",
-        ]),
+    let report = bench_within(
+        &master,
+        &["--jobs", "70000", "--clients", "2", "--pipeline", "50"],
         Duration::from_secs(240),
     );
-    assert_eq!(o.status.code(), Some(0), "bench: {}", stderr(&o));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["completed"], 70000, "{report}");
     assert_eq!(
         client.status(&held.id).await.unwrap().status,

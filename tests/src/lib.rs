@@ -396,6 +396,24 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Outp
     child.wait_with_output().expect("output")
 }
 
+/// Runs `taskmaster bench --json ARGS` against `master` and returns its
+/// report, once it exited 0 within `timeout`.
+pub fn bench_within(master: &Master, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let o = output_within(
+        Command::new(bin("taskmaster"))
+            .args(["bench", "--connect", &master.addr, "--json"])
+            .args(args),
+        timeout,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
 /// Runs the `taskmaster` binary as a client command.
 pub fn cli(args: &[&str], stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
