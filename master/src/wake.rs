@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 /// One gate per branch, kept for the task's life (the waker a branch left
-/// behind, in the future it polled, must find the same gate).
-#[derive(Clone)]
+/// behind, in the future it polled, must find the same gate). Not `Clone`:
+/// two branches sharing one would each take the other's wake-ups.
 pub struct Gate(Arc<Flag>);
 
 struct Flag {
