@@ -19,10 +19,13 @@
 # client -> relay -> worker -> relay -> client with nothing but 4-byte
 # length-prefixed frames over blocking TCP_NODELAY sockets, run REPEATS
 # times with the same job count and size; the table adds its row and the
-# ratio of taskmaster's p50 to the floor's. With taskmaster in SYSTEMS the
-# two alternate (taskmaster a #1, floor #1, taskmaster a #2, ...): the
-# floor's p50 moves by a factor of two between sittings on a shared VM, so
-# only runs made side by side compare.
+# ratio of taskmaster's p50 to the floor's. With taskmaster in SYSTEMS they
+# alternate (taskmaster a #1, taskmaster-blocking a #1, floor #1,
+# taskmaster a #2, ...): the floor's p50 moves by a factor of two between
+# sittings on a shared VM, so only runs made side by side compare.
+# taskmaster-blocking is configuration a once more on `taskmaster bench
+# --blocking` (the blocking client: one write and one read per job, like
+# the floor's client); the table shows both, each with its ratio.
 #
 # Environment (all optional):
 #   JOBS_A JOBS_B JOBS_C  jobs per run of a, b, c (20000, 100000, 400000)
@@ -35,6 +38,9 @@
 #   RUN_TIMEOUT           seconds one load run may take (600)
 #   SKIP_INSTALL=1        do not apt-get install gearmand/libgearman-dev
 #   TM_ARGS               extra taskmaster master flags, e.g. "--prefetch 64"
+#   TM_BLOCKING           1 (default): configuration a also runs on the
+#                         blocking client (`taskmaster bench --blocking`),
+#                         after each run on the async one; 0: not
 #
 # Needs: bash, gcc, python3, cargo; apt-get (root or sudo) unless the
 # gearman packages are already installed. Every process it starts is killed
@@ -52,6 +58,7 @@ SIZE=${SIZE:-64}
 WORKERS=${WORKERS:-4}
 SYSTEMS=${SYSTEMS:-gearman taskmaster floor}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
+TM_BLOCKING=${TM_BLOCKING:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TM=$TARGET_DIR/release/taskmaster
 
@@ -287,9 +294,18 @@ if has taskmaster; then
         for rep in $(seq "$REPEATS"); do
             run_load taskmaster "$name" "$rep" "$TM" bench --connect "$TM_ADDR" --module echo \
                 --size "$SIZE" --jobs "$jobs" --clients "$clients" --pipeline "$pipeline" --json
-            # Side by side: each 1-client run is followed by a floor run.
-            if [ "$name" = "${CONFIGS[0]%% *}" ] && has floor; then
-                run_floor "$rep"
+            if [ "$name" = "${CONFIGS[0]%% *}" ]; then
+                # The same closed loop on the blocking client, whose one
+                # write and one read per job match the floor's client.
+                if [ "$TM_BLOCKING" = 1 ]; then
+                    run_load taskmaster-blocking "$name" "$rep" "$TM" bench --connect "$TM_ADDR" \
+                        --module echo --size "$SIZE" --jobs "$jobs" --clients "$clients" \
+                        --pipeline "$pipeline" --blocking --json
+                fi
+                # Side by side: each 1-client run is followed by a floor run.
+                if has floor; then
+                    run_floor "$rep"
+                fi
             fi
         done
     done
@@ -323,7 +339,7 @@ rows = []
 for name, clients, pipeline, jobs in configs:
     row = {"config": name, "clients": int(clients), "pipeline": int(pipeline),
            "jobs": int(jobs), "size": int(size)}
-    for system in ("gearman", "taskmaster", "floor"):
+    for system in ("gearman", "taskmaster", "taskmaster-blocking", "floor"):
         rs = [r for r in runs if r["system"] == system and r["config"] == name]
         if not rs:
             row[system] = None
@@ -339,7 +355,8 @@ for name, clients, pipeline, jobs in configs:
     row["ratio_taskmaster_gearman"] = (
         t["jobs_per_sec"] / g["jobs_per_sec"] if g and t and g["jobs_per_sec"] else None)
     fl = row["floor"]
-    for system, s in (("taskmaster", t), ("gearman", g)):
+    for system, s in (("taskmaster", t), ("taskmaster_blocking", row["taskmaster-blocking"]),
+                      ("gearman", g)):
         row[f"ratio_p50_{system}_floor"] = (
             s["p50_us"] / fl["p50_us"] if s and fl and s["p50_us"] and fl["p50_us"] else None)
     rows.append(row)
@@ -373,6 +390,12 @@ for r in rows:
               f"p50 / floor p50: taskmaster "
               f"{fmt(r['ratio_p50_taskmaster_floor'], '{:.2f}x')}, "
               f"gearman {fmt(r['ratio_p50_gearman_floor'], '{:.2f}x')}")
+    tb = r["taskmaster-blocking"]
+    if tb:
+        print(f"  {'taskmaster, blocking client':<20} {fmt(tb['jobs_per_sec'])} j/s, "
+              f"p50/p99 {fmt(tb['p50_us'])}/{fmt(tb['p99_us'])} us, failed {tb['failed']}"
+              + (f"; p50 / floor p50 {fmt(r['ratio_p50_taskmaster_blocking_floor'], '{:.2f}x')}"
+                 if fl else ""))
 print(f"\nJSON: {out_path}")
 EOF
 

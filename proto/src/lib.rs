@@ -60,7 +60,8 @@ pub mod reason;
 pub mod stats;
 
 pub use client::{
-    Client, ClientError, Completed, JobEvent, JobFailure, JobHandle, JobResult, Reply,
+    BlockingClient, Client, ClientError, Completed, JobEvent, JobFailure, JobHandle, JobResult,
+    Reply,
 };
 pub use jobs::{JobStatus, Outcome, Priority, SubmitOptions};
 pub use messages::{PROTOCOL_VERSION, SECRET_LEN};

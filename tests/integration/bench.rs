@@ -67,6 +67,65 @@ fn bench_reports_every_job_checked() {
 }
 
 #[test]
+fn bench_blocking_checks_every_job_and_wants_pipeline_1() {
+    let master = Master::ready(&["--pool-start", "2", "--pool-max", "2"]);
+    let r = bench(
+        &master,
+        &[
+            "--blocking",
+            "--jobs",
+            "600",
+            "--clients",
+            "3",
+            "--size",
+            "100",
+        ],
+    );
+    assert_eq!(
+        (
+            r["completed"].as_u64(),
+            r["failed"].as_u64(),
+            r["wrong_answers"].as_u64()
+        ),
+        (Some(600), Some(0), Some(0)),
+        "{r}"
+    );
+    let r = bench(
+        &master,
+        &[
+            "--blocking",
+            "--jobs",
+            "20",
+            "--module",
+            "sha256",
+            "--size",
+            "5000",
+        ],
+    );
+    assert_eq!(
+        (r["completed"].as_u64(), r["wrong_answers"].as_u64()),
+        (Some(20), Some(0))
+    );
+    let o = output_within(
+        std::process::Command::new(bin("taskmaster")).args([
+            "bench",
+            "--connect",
+            &master.addr,
+            "--blocking",
+            "--pipeline",
+            "2",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--pipeline 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn bench_spawn_mode_measures_growth() {
     // With and without prefetch: growth to pool-max comes first.
     for prefetch in ["1", "8"] {

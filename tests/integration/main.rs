@@ -27,6 +27,7 @@
 
 mod agents;
 mod bench;
+mod blocking;
 mod cli;
 mod conventions;
 mod durable;

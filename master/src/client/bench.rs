@@ -5,7 +5,7 @@
 //! `--detached` submits detached jobs (latency: submit to id) and then
 //! waits for every outcome (the durable path of `--state-dir`).
 
-use super::{print_line, ConnectArgs, EXIT_FAILED};
+use super::{print_line, ConnectArgs, EXIT_FAILED, EXIT_USAGE};
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use taskmaster_proto::{Client, ClientError, Completed};
+use taskmaster_proto::{BlockingClient, Client, ClientError, Completed};
 
 /// Flags of `taskmaster bench`.
 #[derive(Debug, Args)]
@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// outcome and check it.
     #[arg(long)]
     detached: bool,
+    /// Closed loop on the blocking client: a thread per connection, each
+    /// job a plain write and read (no event loop), as a caller without an
+    /// async runtime sees it. Pipeline 1 only.
+    #[arg(long, conflicts_with_all = ["spawn", "detached"])]
+    blocking: bool,
 }
 
 /// The summary of a run (`--json` prints it).
@@ -129,6 +134,13 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    if args.blocking {
+        if args.pipeline != 1 {
+            eprintln!("taskmaster: bench --blocking runs one job at a time per connection: use --pipeline 1");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        return blocking_run(args, token).await;
+    }
     let mut clients = Vec::new();
     for _ in 0..args.clients {
         match args.conn.connect_with(token.clone()).await {
@@ -142,25 +154,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     let args = Arc::new(args);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(args.jobs);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} jobs  {per_sec}  eta {eta}",
-            )
-            .expect("progress template"),
-        );
-        bar
-    });
-    let ticker = bar.clone().map(|bar| {
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(done.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    });
+    let progress = Progress::show(&args, &done);
     let started = Instant::now();
     let mut workers = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -201,23 +195,161 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     } else {
         None
     };
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let mut report = summarize(&args, tally, seconds);
     report.outcomes_seconds = outcomes_seconds;
+    print_report(&args, &report)
+}
+
+/// Prints the summary; the exit status says whether every job passed.
+fn print_report(args: &BenchArgs, report: &Report) -> ExitCode {
     if args.json {
-        print_line(&serde_json::to_string(&report).expect("report serializes"));
+        print_line(&serde_json::to_string(report).expect("report serializes"));
     } else {
-        print_table(&report);
+        print_table(report);
     }
     if report.failed == 0 && report.wrong_answers == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The progress bar on a terminal (none with `--json`).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn show(args: &BenchArgs, done: &Arc<AtomicU64>) -> Progress {
+        let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(args.jobs);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} jobs  {per_sec}  eta {eta}",
+                )
+                .expect("progress template"),
+            );
+            bar
+        });
+        let ticker = bar.clone().map(|bar| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        });
+        Progress { bar, ticker }
+    }
+
+    fn finish(self) {
+        if let Some(t) = self.ticker {
+            t.abort();
+        }
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Each job's input: `--input`, or random bytes.
+struct Inputs {
+    rng: Rng,
+    base: Vec<u8>,
+}
+
+impl Inputs {
+    fn new(args: &BenchArgs, seed: u64) -> Inputs {
+        let mut rng = Rng(seed);
+        let mut base = vec![0u8; args.size];
+        rng.fill(&mut base);
+        Inputs { rng, base }
+    }
+
+    fn make(&mut self, args: &BenchArgs, i: u64) -> Bytes {
+        match &args.input {
+            Some(text) => Bytes::from(text.clone().into_bytes()),
+            None => {
+                // Unique per job, so an answer given to the wrong job shows.
+                let mut buf = BytesMut::with_capacity(args.size);
+                buf.extend_from_slice(&self.base);
+                let n = args.size.min(8);
+                buf[..n].copy_from_slice(&i.to_le_bytes()[..n]);
+                if args.size > 8 {
+                    self.rng.fill(&mut self.base[8..args.size.min(16)]);
+                }
+                buf.freeze()
+            }
+        }
+    }
+}
+
+/// `--blocking`: a thread per connection, each running one job at a time
+/// on a [`BlockingClient`] (plain blocking socket calls, no event loop).
+async fn blocking_run(args: BenchArgs, token: Option<String>) -> ExitCode {
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        match BlockingClient::connect(args.conn.connect.as_str(), token.clone()) {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                eprintln!("taskmaster: cannot connect to {}: {e}", args.conn.connect);
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let args = Arc::new(args);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::show(&args, &done);
+    let started = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let (args, next, done) = (args.clone(), next.clone(), done.clone());
+            let seed = 0x9E37_79B9_7F4A_7C15 ^ ((c as u64) << 20) | 1;
+            std::thread::spawn(move || blocking_worker(client, &args, &next, &done, seed))
+        })
+        .collect();
+    let tally = tokio::task::spawn_blocking(move || {
+        let mut tally = Tally::default();
+        for t in threads {
+            tally.add(t.join().expect("bench thread"));
+        }
+        tally
+    })
+    .await
+    .expect("bench threads");
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    print_report(&args, &summarize(&args, tally, seconds))
+}
+
+fn blocking_worker(
+    mut client: BlockingClient,
+    args: &BenchArgs,
+    next: &AtomicU64,
+    done: &AtomicU64,
+    seed: u64,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut inputs = Inputs::new(args, seed);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= args.jobs {
+            return tally;
+        }
+        let input = inputs.make(args, i);
+        let t0 = Instant::now();
+        let result = client.submit(&args.module, input.clone(), Bytes::new());
+        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        done.fetch_add(1, Ordering::Relaxed);
+        if tally.record(&args.module, &input, result, us) {
+            return tally;
+        }
     }
 }
 
@@ -229,28 +361,13 @@ async fn worker(
     seed: u64,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut rng = Rng(seed);
-    let mut base = vec![0u8; args.size];
-    rng.fill(&mut base);
+    let mut inputs = Inputs::new(args, seed);
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= args.jobs {
             return tally;
         }
-        let input = match &args.input {
-            Some(text) => Bytes::from(text.clone().into_bytes()),
-            None => {
-                // Unique per job, so an answer given to the wrong job shows.
-                let mut buf = BytesMut::with_capacity(args.size);
-                buf.extend_from_slice(&base);
-                let n = args.size.min(8);
-                buf[..n].copy_from_slice(&i.to_le_bytes()[..n]);
-                if args.size > 8 {
-                    rng.fill(&mut base[8..args.size.min(16)]);
-                }
-                buf.freeze()
-            }
-        };
+        let input = inputs.make(args, i);
         let t0 = Instant::now();
         if args.detached {
             let options = taskmaster_proto::SubmitOptions::default();
@@ -278,23 +395,33 @@ async fn worker(
         };
         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
         done.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(answer) => {
-                tally.latencies_us.push(us);
-                if !check(&args.module, &input, &answer) {
-                    tally.wrong += 1;
-                }
-            }
-            Err(e) => {
-                if tally.record_error(e) {
-                    return tally;
-                }
-            }
+        if tally.record(&args.module, &input, result, us) {
+            return tally;
         }
     }
 }
 
 impl Tally {
+    /// Counts one job's outcome; true when the connection is gone.
+    fn record(
+        &mut self,
+        module: &str,
+        input: &[u8],
+        result: Result<Completed, ClientError>,
+        us: u32,
+    ) -> bool {
+        match result {
+            Ok(answer) => {
+                self.latencies_us.push(us);
+                if !check(module, input, &answer) {
+                    self.wrong += 1;
+                }
+                false
+            }
+            Err(e) => self.record_error(e),
+        }
+    }
+
     /// Counts a failure; true when the connection is gone.
     fn record_error(&mut self, e: ClientError) -> bool {
         match e {

@@ -7,7 +7,10 @@
 //! or the master hangs up; jobs still waiting then see
 //! [`ClientError::Disconnected`].
 
+mod blocking;
 mod inbox;
+
+pub use blocking::BlockingClient;
 
 use crate::codec::{self, CodecError};
 use crate::jobs::{
