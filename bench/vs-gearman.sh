@@ -19,10 +19,14 @@
 # client -> relay -> worker -> relay -> client with nothing but 4-byte
 # length-prefixed frames over blocking TCP_NODELAY sockets, run REPEATS
 # times with the same job count and size; the table adds its row and the
-# ratio of taskmaster's p50 to the floor's. With taskmaster in SYSTEMS they
-# alternate (taskmaster a #1, taskmaster-blocking a #1, floor #1,
-# taskmaster a #2, ...): the floor's p50 moves by a factor of two between
-# sittings on a shared VM, so only runs made side by side compare.
+# ratio of taskmaster's p50 to the floor's.
+#
+# The systems take turns: both servers stay up, and each repeat of a
+# configuration runs gearman, then taskmaster (for a: then taskmaster on the
+# blocking client, then the floor), then the next repeat. On a shared VM a
+# system's speed moves by a factor of two between spells (gearmand's and
+# taskmaster's in opposite directions, seen), so only runs made side by
+# side compare.
 # taskmaster-blocking is configuration a once more on `taskmaster bench
 # --blocking` (the blocking client: one write and one read per job, like
 # the floor's client); the table shows both, each with its ratio.
@@ -257,14 +261,6 @@ while time.time() < deadline:
     time.sleep(0.05)
 sys.exit(1)
 EOF
-    for cfg in "${CONFIGS[@]}"; do
-        read -r name clients pipeline jobs <<<"$cfg"
-        for rep in $(seq "$REPEATS"); do
-            run_load gearman "$name" "$rep" "$BUILD_DIR/gm-load" -h 127.0.0.1 -p "$GPORT" \
-                -f echo -s "$SIZE" -n "$jobs" -c "$clients" -w "$pipeline"
-        done
-    done
-    stop_all
 fi
 
 # ---- 5. taskmaster ----------------------------------------------------------
@@ -289,37 +285,41 @@ if has taskmaster; then
     done
     [ "$ready" = 1 ] || { cat "$LOGS/taskmaster.log" >&2; die "taskmaster not ready after 30 s"; }
     log "taskmaster on $TM_ADDR, pool of $WORKERS"
-    for cfg in "${CONFIGS[@]}"; do
-        read -r name clients pipeline jobs <<<"$cfg"
-        for rep in $(seq "$REPEATS"); do
+fi
+
+# ---- 6. the loads, side by side -----------------------------------------------
+# Every repeat of a configuration runs on each system in turn (gearman,
+# taskmaster, then for configuration a taskmaster on the blocking client
+# and the floor), so that a slow or fast spell of this shared machine falls
+# on all of them rather than on one system's block of runs.
+for cfg in "${CONFIGS[@]}"; do
+    read -r name clients pipeline jobs <<<"$cfg"
+    first=0
+    [ "$name" = "${CONFIGS[0]%% *}" ] && first=1
+    for rep in $(seq "$REPEATS"); do
+        if has gearman; then
+            run_load gearman "$name" "$rep" "$BUILD_DIR/gm-load" -h 127.0.0.1 -p "$GPORT" \
+                -f echo -s "$SIZE" -n "$jobs" -c "$clients" -w "$pipeline"
+        fi
+        if has taskmaster; then
             run_load taskmaster "$name" "$rep" "$TM" bench --connect "$TM_ADDR" --module echo \
                 --size "$SIZE" --jobs "$jobs" --clients "$clients" --pipeline "$pipeline" --json
-            if [ "$name" = "${CONFIGS[0]%% *}" ]; then
-                # The same closed loop on the blocking client, whose one
-                # write and one read per job match the floor's client.
-                if [ "$TM_BLOCKING" = 1 ]; then
-                    run_load taskmaster-blocking "$name" "$rep" "$TM" bench --connect "$TM_ADDR" \
-                        --module echo --size "$SIZE" --jobs "$jobs" --clients "$clients" \
-                        --pipeline "$pipeline" --blocking --json
-                fi
-                # Side by side: each 1-client run is followed by a floor run.
-                if has floor; then
-                    run_floor "$rep"
-                fi
+            # The same closed loop on the blocking client, whose one write
+            # and one read per job match the floor's client.
+            if [ "$first" = 1 ] && [ "$TM_BLOCKING" = 1 ]; then
+                run_load taskmaster-blocking "$name" "$rep" "$TM" bench --connect "$TM_ADDR" \
+                    --module echo --size "$SIZE" --jobs "$jobs" --clients "$clients" \
+                    --pipeline "$pipeline" --blocking --json
             fi
-        done
+        fi
+        if [ "$first" = 1 ] && has floor; then
+            run_floor "$rep"
+        fi
     done
-    stop_all
-fi
+done
+stop_all
 
-# ---- 5b. the floor alone, when taskmaster is not in SYSTEMS -----------------
-if has floor && ! has taskmaster; then
-    for rep in $(seq "$REPEATS"); do
-        run_floor "$rep"
-    done
-fi
-
-# ---- 6. table and JSON --------------------------------------------------------
+# ---- 7. table and JSON --------------------------------------------------------
 GEARMAN_VERSION=""
 [ -z "$GEARMAND" ] || GEARMAN_VERSION=$("$GEARMAND" -V 2>&1 | grep -m 1 . | cut -d" " -f1-2)
 TM_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
