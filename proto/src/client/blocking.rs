@@ -19,6 +19,9 @@ const READ_BUFFER: usize = 64 * 1024;
 ///
 /// Each call writes its request and blocks until the master's answer. For
 /// many jobs in flight on one connection, use the async [`super::Client`].
+/// A job's run time is bounded by its time limit
+/// ([`SubmitOptions::timeout_ms`], else the master's `--job-timeout`): past
+/// it the master answers `timeout`.
 pub struct BlockingClient {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
