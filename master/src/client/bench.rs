@@ -269,6 +269,12 @@ impl Inputs {
         Inputs { rng, base }
     }
 
+    /// The input of the next job, while jobs are left.
+    fn next(&mut self, args: &BenchArgs, next: &AtomicU64) -> Option<Bytes> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        (i < args.jobs).then(|| self.make(args, i))
+    }
+
     fn make(&mut self, args: &BenchArgs, i: u64) -> Bytes {
         match &args.input {
             Some(text) => Bytes::from(text.clone().into_bytes()),
@@ -305,24 +311,52 @@ async fn blocking_run(args: BenchArgs, token: Option<String>) -> ExitCode {
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::show(&args, &done);
     let started = Instant::now();
-    let threads: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(c, client)| {
-            let (args, next, done) = (args.clone(), next.clone(), done.clone());
-            let seed = 0x9E37_79B9_7F4A_7C15 ^ ((c as u64) << 20) | 1;
-            std::thread::spawn(move || blocking_worker(client, &args, &next, &done, seed))
-        })
-        .collect();
-    let tally = tokio::task::spawn_blocking(move || {
-        let mut tally = Tally::default();
-        for t in threads {
-            tally.add(t.join().expect("bench thread"));
+    // Each thread sends its tally when done: waiting for them takes no
+    // thread of its own (there may be none left to take).
+    let (tallies, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let mut running = 0;
+    let mut spawn_error = None;
+    for (c, client) in clients.into_iter().enumerate() {
+        let (a, n, d, tx) = (args.clone(), next.clone(), done.clone(), tallies.clone());
+        let seed = 0x9E37_79B9_7F4A_7C15 ^ ((c as u64) << 20) | 1;
+        // A small stack: a client thread holds little, and thousands of
+        // connections mean thousands of threads.
+        let spawned = std::thread::Builder::new()
+            .name(format!("bench-{c}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = tx.send(blocking_worker(client, &a, &n, &d, seed));
+            });
+        match spawned {
+            Ok(_) => running += 1,
+            Err(e) => {
+                // The threads already running take no new job.
+                next.fetch_max(args.jobs, Ordering::Relaxed);
+                spawn_error = Some(format!(
+                    "cannot start thread {} of {}: {e}",
+                    c + 1,
+                    args.clients
+                ));
+                break;
+            }
         }
-        tally
-    })
-    .await
-    .expect("bench threads");
+    }
+    drop(tallies);
+    let mut tally = Tally::default();
+    for _ in 0..running {
+        // None: a thread died without its tally (a panic, already printed).
+        let Some(t) = finished.recv().await else {
+            progress.finish();
+            eprintln!("taskmaster: bench --blocking: a client thread failed");
+            return ExitCode::from(EXIT_FAILED);
+        };
+        tally.add(t);
+    }
+    if let Some(e) = spawn_error {
+        progress.finish();
+        eprintln!("taskmaster: bench --blocking: {e} (fewer --clients)");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
     print_report(&args, &summarize(&args, tally, seconds))
@@ -337,20 +371,22 @@ fn blocking_worker(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut inputs = Inputs::new(args, seed);
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= args.jobs {
-            return tally;
-        }
-        let input = inputs.make(args, i);
+    while let Some(input) = inputs.next(args, next) {
         let t0 = Instant::now();
         let result = client.submit(&args.module, input.clone(), Bytes::new());
-        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        done.fetch_add(1, Ordering::Relaxed);
+        let us = micros_since(t0, done);
         if tally.record(&args.module, &input, result, us) {
-            return tally;
+            break;
         }
     }
+    tally
+}
+
+/// Microseconds since `t0`; the job is counted done.
+fn micros_since(t0: Instant, done: &AtomicU64) -> u32 {
+    let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    done.fetch_add(1, Ordering::Relaxed);
+    us
 }
 
 async fn worker(
@@ -362,20 +398,14 @@ async fn worker(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut inputs = Inputs::new(args, seed);
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= args.jobs {
-            return tally;
-        }
-        let input = inputs.make(args, i);
+    while let Some(input) = inputs.next(args, next) {
         let t0 = Instant::now();
         if args.detached {
             let options = taskmaster_proto::SubmitOptions::default();
             let result = client
                 .submit_detached(&args.module, input.clone(), options)
                 .await;
-            let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            done.fetch_add(1, Ordering::Relaxed);
+            let us = micros_since(t0, done);
             match result {
                 Ok(job) => {
                     tally.latencies_us.push(us);
@@ -383,7 +413,7 @@ async fn worker(
                 }
                 Err(e) => {
                     if tally.record_error(e) {
-                        return tally;
+                        break;
                     }
                 }
             }
@@ -393,12 +423,12 @@ async fn worker(
             Ok(job) => job.finish().await,
             Err(e) => Err(e),
         };
-        let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        done.fetch_add(1, Ordering::Relaxed);
+        let us = micros_since(t0, done);
         if tally.record(&args.module, &input, result, us) {
-            return tally;
+            break;
         }
     }
+    tally
 }
 
 impl Tally {

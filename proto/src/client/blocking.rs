@@ -4,7 +4,7 @@
 //! calls, so a closed loop costs one write and one read per job, no event
 //! loop and no task hand-offs.
 
-use super::{ClientError, Completed, JobEvent, JobFailure, WELCOME_TIMEOUT};
+use super::{check_sizes, ClientError, Completed, JobEvent, JobFailure, WELCOME_TIMEOUT};
 use crate::codec::{self, CodecError};
 use crate::jobs::{format_id, SubmitOptions};
 use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
@@ -120,18 +120,7 @@ impl BlockingClient {
         mut on_part: impl FnMut(Bytes),
     ) -> Result<Completed, ClientError> {
         let (input, context) = (input.into(), context.into());
-        if context.len() > codec::MAX_CONTEXT {
-            return Err(ClientError::TooLarge {
-                len: context.len(),
-                max: codec::MAX_CONTEXT,
-            });
-        }
-        if input.len() > self.max_payload {
-            return Err(ClientError::TooLarge {
-                len: input.len(),
-                max: self.max_payload,
-            });
-        }
+        check_sizes(&input, &context, self.max_payload)?;
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = ToMaster::Submit {

@@ -357,18 +357,7 @@ impl Client {
         };
         let input = input.into();
         let context = context.into();
-        if context.len() > codec::MAX_CONTEXT {
-            return Err(ClientError::TooLarge {
-                len: context.len(),
-                max: codec::MAX_CONTEXT,
-            });
-        }
-        if input.len() > self.max_payload {
-            return Err(ClientError::TooLarge {
-                len: input.len(),
-                max: self.max_payload,
-            });
-        }
+        check_sizes(&input, &context, self.max_payload)?;
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let inbox = Arc::new(Inbox::default());
         let lone = {
@@ -563,6 +552,24 @@ impl Client {
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         Ok(serde_json::from_str(&self.stats_json().await?)?)
     }
+}
+
+/// Refuses, before anything is sent, an input or context the master would
+/// refuse (it closes a connection that sends an over-limit context).
+fn check_sizes(input: &[u8], context: &[u8], max_payload: usize) -> Result<(), ClientError> {
+    if context.len() > codec::MAX_CONTEXT {
+        return Err(ClientError::TooLarge {
+            len: context.len(),
+            max: codec::MAX_CONTEXT,
+        });
+    }
+    if input.len() > max_payload {
+        return Err(ClientError::TooLarge {
+            len: input.len(),
+            max: max_payload,
+        });
+    }
+    Ok(())
 }
 
 async fn route_answers(
