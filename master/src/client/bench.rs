@@ -269,9 +269,10 @@ impl Inputs {
         Inputs { rng, base }
     }
 
-    /// The input of the next job, while jobs are left.
-    fn next(&mut self, args: &BenchArgs, next: &AtomicU64) -> Option<Bytes> {
-        let i = next.fetch_add(1, Ordering::Relaxed);
+    /// The input of the next job, while jobs are left (`taken`: job
+    /// numbers handed out so far, shared by every worker).
+    fn next(&mut self, args: &BenchArgs, taken: &AtomicU64) -> Option<Bytes> {
+        let i = taken.fetch_add(1, Ordering::Relaxed);
         (i < args.jobs).then(|| self.make(args, i))
     }
 
@@ -374,7 +375,7 @@ fn blocking_worker(
     while let Some(input) = inputs.next(args, next) {
         let t0 = Instant::now();
         let result = client.submit(&args.module, input.clone(), Bytes::new());
-        let us = micros_since(t0, done);
+        let us = job_done(t0, done);
         if tally.record(&args.module, &input, result, us) {
             break;
         }
@@ -382,8 +383,9 @@ fn blocking_worker(
     tally
 }
 
-/// Microseconds since `t0`; the job is counted done.
-fn micros_since(t0: Instant, done: &AtomicU64) -> u32 {
+/// A job is done: its latency in microseconds since `t0`, and one more
+/// for the progress bar.
+fn job_done(t0: Instant, done: &AtomicU64) -> u32 {
     let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
     done.fetch_add(1, Ordering::Relaxed);
     us
@@ -405,7 +407,7 @@ async fn worker(
             let result = client
                 .submit_detached(&args.module, input.clone(), options)
                 .await;
-            let us = micros_since(t0, done);
+            let us = job_done(t0, done);
             match result {
                 Ok(job) => {
                     tally.latencies_us.push(us);
@@ -423,7 +425,7 @@ async fn worker(
             Ok(job) => job.finish().await,
             Err(e) => Err(e),
         };
-        let us = micros_since(t0, done);
+        let us = job_done(t0, done);
         if tally.record(&args.module, &input, result, us) {
             break;
         }

@@ -4,10 +4,13 @@
 //! calls, so a closed loop costs one write and one read per job, no event
 //! loop and no task hand-offs.
 
-use super::{check_sizes, ClientError, Completed, JobEvent, JobFailure, WELCOME_TIMEOUT};
+use super::{
+    answer_limit, check_sizes, client_hello, welcomed, ClientError, Completed, JobEvent,
+    JobFailure, WELCOME_TIMEOUT,
+};
 use crate::codec::{self, CodecError};
 use crate::jobs::{format_id, SubmitOptions};
-use crate::messages::{ClientHello, Hello, ToClient, ToMaster, PROTOCOL_VERSION};
+use crate::messages::{ToClient, ToMaster};
 use bytes::{Bytes, BytesMut};
 use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,6 +32,9 @@ pub struct BlockingClient {
     next_tag: u64,
     max_payload: usize,
     instance: String,
+    /// A read or write failed part-way: where the next frame starts is
+    /// unknown, so every later call is `Disconnected`.
+    broken: bool,
 }
 
 impl BlockingClient {
@@ -38,17 +44,10 @@ impl BlockingClient {
         addr: impl ToSocketAddrs,
         token: Option<String>,
     ) -> Result<BlockingClient, ClientError> {
-        let token = match token {
-            Some(t) => Some(t),
-            None => crate::handshake::token_from_env().map_err(ClientError::Token)?,
-        };
+        let hello = client_hello(token)?;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        let hello = Hello::Client(ClientHello {
-            version: PROTOCOL_VERSION,
-            token,
-        });
-        stream.write_all(&codec::to_frame(&hello)?)?;
+        stream.write_all(&hello)?;
         stream.set_read_timeout(Some(WELCOME_TIMEOUT))?;
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
         let welcome = match codec::read_frame_blocking(&mut reader, codec::DEFAULT_MAX_PAYLOAD) {
@@ -63,20 +62,7 @@ impl BlockingClient {
             read => read?.map(codec::decode::<ToClient>).transpose()?,
         };
         stream.set_read_timeout(None)?;
-        let (max_payload, instance) = match welcome {
-            Some(ToClient::Welcome {
-                max_payload,
-                instance,
-                ..
-            }) => (max_payload as usize, instance),
-            Some(ToClient::Refused { message }) => return Err(ClientError::Refused(message)),
-            Some(other) => {
-                return Err(
-                    CodecError::Malformed(format!("expected welcome, got {other:?}")).into(),
-                )
-            }
-            None => return Err(ClientError::Disconnected),
-        };
+        let (max_payload, instance) = welcomed(welcome)?;
         Ok(BlockingClient {
             stream,
             reader,
@@ -84,6 +70,7 @@ impl BlockingClient {
             next_tag: 1,
             max_payload,
             instance,
+            broken: false,
         })
     }
 
@@ -119,6 +106,9 @@ impl BlockingClient {
         options: SubmitOptions,
         mut on_part: impl FnMut(Bytes),
     ) -> Result<Completed, ClientError> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
         let (input, context) = (input.into(), context.into());
         check_sizes(&input, &context, self.max_payload)?;
         let tag = self.next_tag;
@@ -136,7 +126,28 @@ impl BlockingClient {
         };
         self.out.clear();
         codec::encode(&msg, &mut self.out)?;
-        self.stream.write_all(&self.out)?;
+        let answer = self
+            .stream
+            .write_all(&self.out)
+            .map_err(ClientError::from)
+            .and_then(|()| self.answer(tag, &mut on_part));
+        // A job's failure is an answer like any other; anything else left
+        // the stream somewhere inside a frame.
+        if answer
+            .as_ref()
+            .is_err_and(|e| !matches!(e, ClientError::Job(_)))
+        {
+            self.broken = true;
+        }
+        answer
+    }
+
+    /// Reads until job `tag`'s final answer, handing its parts on.
+    fn answer(
+        &mut self,
+        tag: u64,
+        on_part: &mut impl FnMut(Bytes),
+    ) -> Result<Completed, ClientError> {
         loop {
             match self.next_event(tag)? {
                 JobEvent::Part(data) => on_part(data),
@@ -150,8 +161,9 @@ impl BlockingClient {
     /// are none with one job in flight) are dropped.
     fn next_event(&mut self, tag: u64) -> Result<JobEvent, ClientError> {
         loop {
-            let frame = codec::read_frame_blocking(&mut self.reader, self.max_payload)?
-                .ok_or(ClientError::Disconnected)?;
+            let frame =
+                codec::read_frame_blocking(&mut self.reader, answer_limit(self.max_payload))?
+                    .ok_or(ClientError::Disconnected)?;
             match codec::decode::<ToClient>(frame)? {
                 ToClient::Part { tag: t, data } if t == tag => return Ok(JobEvent::Part(data)),
                 ToClient::Completed {
@@ -222,5 +234,41 @@ mod tests {
             Err(ClientError::Codec(CodecError::Malformed(_)))
         ));
         drop(peer.join());
+    }
+
+    #[test]
+    fn after_a_bad_frame_every_call_is_disconnected() {
+        // A peer that welcomes, then answers the first submit with a frame
+        // that decodes as nothing, then would answer properly.
+        let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = peer.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = peer.accept().unwrap();
+            let welcome = ToClient::Welcome {
+                version: crate::messages::PROTOCOL_VERSION,
+                max_payload: 1 << 20,
+                instance: "t".into(),
+            };
+            s.write_all(&codec::to_frame(&welcome).unwrap()).unwrap();
+            s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
+            let done = ToClient::Completed {
+                tag: 2,
+                job: 2,
+                context: Bytes::new(),
+                output: Bytes::from_static(b"late"),
+            };
+            s.write_all(&codec::to_frame(&done).unwrap()).unwrap();
+            s
+        });
+        let mut client = BlockingClient::connect(addr, Some(String::new())).unwrap();
+        assert!(matches!(
+            client.submit("echo", "a", ""),
+            Err(ClientError::Codec(_))
+        ));
+        assert!(matches!(
+            client.submit("echo", "b", ""),
+            Err(ClientError::Disconnected)
+        ));
+        drop(server.join());
     }
 }

@@ -260,18 +260,11 @@ impl Client {
         addr: impl ToSocketAddrs,
         token: Option<String>,
     ) -> Result<Client, ClientError> {
-        let token = match token {
-            Some(t) => Some(t),
-            None => crate::handshake::token_from_env().map_err(ClientError::Token)?,
-        };
+        let hello = client_hello(token)?;
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, mut write) = stream.into_split();
-        let hello = Hello::Client(ClientHello {
-            version: PROTOCOL_VERSION,
-            token,
-        });
-        write.write_all(&codec::to_frame(&hello)?).await?;
+        write.write_all(&hello).await?;
         let mut reader = codec::frame_reader(read, codec::DEFAULT_MAX_PAYLOAD);
         let welcome = tokio::time::timeout(
             WELCOME_TIMEOUT,
@@ -279,23 +272,9 @@ impl Client {
         )
         .await
         .map_err(|_| ClientError::Timeout(WELCOME_TIMEOUT))??;
-        let (max_payload, instance) = match welcome {
-            Some(ToClient::Welcome {
-                max_payload,
-                instance,
-                ..
-            }) => (max_payload as usize, Arc::<str>::from(instance)),
-            Some(ToClient::Refused { message }) => return Err(ClientError::Refused(message)),
-            Some(other) => {
-                return Err(
-                    CodecError::Malformed(format!("expected welcome, got {other:?}")).into(),
-                )
-            }
-            None => return Err(ClientError::Disconnected),
-        };
-        // Answers may be as large as the master's limit, which can be above
-        // the default the hello was read with.
-        codec::set_max_payload(&mut reader, max_payload.max(codec::DEFAULT_MAX_PAYLOAD));
+        let (max_payload, instance) = welcomed(welcome)?;
+        let instance = Arc::<str>::from(instance);
+        codec::set_max_payload(&mut reader, answer_limit(max_payload));
         let (out, writer) = Outbox::new(write);
         tokio::spawn(async move {
             let encode = |m: ToMaster, buf: &mut BytesMut| codec::encode(&m, buf);
@@ -552,6 +531,42 @@ impl Client {
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         Ok(serde_json::from_str(&self.stats_json().await?)?)
     }
+}
+
+/// The client hello's frame, with `token`, or else the environment's.
+fn client_hello(token: Option<String>) -> Result<Bytes, ClientError> {
+    let token = match token {
+        Some(t) => Some(t),
+        None => crate::handshake::token_from_env().map_err(ClientError::Token)?,
+    };
+    let hello = Hello::Client(ClientHello {
+        version: PROTOCOL_VERSION,
+        token,
+    });
+    Ok(codec::to_frame(&hello)?)
+}
+
+/// The master's answer to the hello: its payload limit and job-id prefix,
+/// or why there are none.
+fn welcomed(answer: Option<ToClient>) -> Result<(usize, String), ClientError> {
+    match answer {
+        Some(ToClient::Welcome {
+            max_payload,
+            instance,
+            ..
+        }) => Ok((max_payload as usize, instance)),
+        Some(ToClient::Refused { message }) => Err(ClientError::Refused(message)),
+        Some(other) => {
+            Err(CodecError::Malformed(format!("expected welcome, got {other:?}")).into())
+        }
+        None => Err(ClientError::Disconnected),
+    }
+}
+
+/// The largest answer to read: as large as the master's limit, which can
+/// be above the default the welcome was read with.
+fn answer_limit(max_payload: usize) -> usize {
+    max_payload.max(codec::DEFAULT_MAX_PAYLOAD)
 }
 
 /// Refuses, before anything is sent, an input or context the master would
