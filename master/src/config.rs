@@ -23,6 +23,10 @@ impl Token {
     }
 }
 
+/// The longest `--spin-us`: past a few hundred µs polling costs more CPU
+/// than the wake-up it saves.
+pub const MAX_SPIN: Duration = Duration::from_millis(10);
+
 /// The longest job time limit (a year): longer ones are clamped, so a
 /// deadline always fits the timer wheel.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -76,6 +80,9 @@ pub struct Config {
     /// Jobs a busy child may hold (1 running + the rest waiting in its
     /// socket).
     pub prefetch: Prefetch,
+    /// How long the master polls after its last job event before it
+    /// sleeps (zero: not at all); see `crate::spin`.
+    pub spin: Duration,
     /// Run-time limit of a job that asks for none (`None`: no limit).
     pub job_timeout: Option<Duration>,
     /// Finished jobs kept in the job table (and start-later jobs held).
@@ -207,6 +214,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// `--spin-us` out of range.
+    #[error("--spin-us must be at most {max}, got {0}", max = MAX_SPIN.as_micros())]
+    Spin(u128),
     /// `--prefetch` out of range.
     #[error("--prefetch must be between 1 and 1024, got {0}")]
     Prefetch(usize),
@@ -283,6 +293,9 @@ impl Config {
             if !(1..=1024).contains(&n) {
                 return Err(ConfigError::Prefetch(n));
             }
+        }
+        if self.spin > MAX_SPIN {
+            return Err(ConfigError::Spin(self.spin.as_micros()));
         }
         if self.job_timeout.is_some_and(|t| t > MAX_TIMEOUT) {
             return Err(ConfigError::JobTimeout);

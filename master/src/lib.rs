@@ -93,6 +93,7 @@ pub mod server;
 pub mod session;
 pub mod signals;
 pub mod slots;
+pub mod spin;
 pub mod store;
 pub mod table;
 pub mod tls;

@@ -142,6 +142,8 @@ fn bad_master_flags_exit_2_with_one_line_before_spawning() {
         ),
         (vec!["--handler", &not_exec], "not executable"),
         (vec!["--max-payload", "1"], "max-payload"),
+        (vec!["--spin-us", "10001"], "spin-us"),
+        (vec!["--spin-us=-5"], "spin-us"),
         (vec!["--grace=-1"], "grace"),
         (vec!["--grace", "soon"], "grace"),
         (vec!["--no-such-flag"], "no-such-flag"),

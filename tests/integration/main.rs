@@ -22,7 +22,8 @@
 //! every phase, with and without a client token),
 //! `top` (`taskmaster top` in a pseudo-terminal, per-child stats),
 //! `conventions` (the config file, completions and man page, systemd's
-//! `NOTIFY_SOCKET`), `layout` (no import circle in any crate, no source
+//! `NOTIFY_SOCKET`), `spin` (`--spin-us`: the
+//! master polls around job events only), `layout` (no import circle in any crate, no source
 //! file over 700 lines).
 
 mod agents;
@@ -45,6 +46,7 @@ mod python;
 mod reliability;
 mod schemathesis;
 mod soak;
+mod spin;
 mod supervision;
 mod top;
 mod wire;

@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::events::{Event, Events};
 use crate::job::{JobId, Reply};
 use crate::metrics::Metrics;
+use crate::spin::Spin;
 use crate::table::{JobTable, Limits};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -253,6 +254,9 @@ struct Pool {
     next_order: u64,
     /// The shared queue on NATS (`--nats`).
     nats: Option<NatsState>,
+    /// Told of every command, so the master polls a while before sleeping
+    /// (`--spin-us`).
+    spin: Arc<Spin>,
 }
 
 /// The pool's part of `--nats`.
@@ -297,6 +301,7 @@ pub fn start(
         bytes: cfg.keep_results_bytes,
     };
     let breaker = Breaker::new(cfg.breaker_deaths, cfg.breaker_window);
+    let cfg_spin = cfg.spin;
     let mut pool = Pool {
         cfg,
         launcher,
@@ -336,7 +341,9 @@ pub fn start(
         acks: VecDeque::new(),
         next_order: 1,
         nats,
+        spin: Spin::new(cfg_spin),
     };
+    tokio::spawn(pool.spin.clone().run());
     if let Some((store, recovered)) = store {
         pool.store = Some(store);
         pool.table.hold_outcomes();
@@ -450,6 +457,7 @@ impl Pool {
             }
             self.quiet = false;
             self.tell_free();
+            self.spin.note(self.busy > 0);
             if rx.is_empty() {
                 self.round += 1;
                 streak = 0;

@@ -779,6 +779,8 @@ fn config(s: &Setup) -> Config {
     cfg.breaker_deaths = 3;
     cfg.breaker_window = Duration::from_secs(10);
     cfg.heartbeat = None;
+    // The model's clock is tokio's; polling runs on the real one.
+    cfg.spin = Duration::ZERO;
     cfg
 }
 

@@ -144,6 +144,7 @@ fn harness_with(pool_start: usize, pool_max: usize, job_max: usize, prefetch: us
             0 => crate::config::Prefetch::Auto,
             n => crate::config::Prefetch::Fixed(n),
         },
+        spin: Duration::ZERO,
         job_timeout: None,
         keep_results: 100,
         result_ttl: Duration::from_secs(3600),
