@@ -17,6 +17,10 @@
 # than in a real run: read the figure as the cost of the master's own code
 # per job, comparable between commits, not as a prediction of jobs/s.
 #
+# The master runs with --spin-us 0: polling between events executes
+# instructions in proportion to time, not to jobs (and under valgrind
+# time stretches fifty-fold), so it would swamp the figure.
+#
 # Environment: LOADS ("4x100 32x1"), SHORT (20000), LONG (120000),
 # BUILD_DIR (bench/.build), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -45,7 +49,7 @@ count() {
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
     valgrind --tool=callgrind --callgrind-out-file="$out" -q \
-        "$TM" --listen "127.0.0.1:$port" --pool-start 4 --pool-max 4 --job-max 100000 \
+        "$TM" --listen "127.0.0.1:$port" --pool-start 4 --pool-max 4 --job-max 100000 --spin-us 0 \
         </dev/null >"$WORK/master.log" 2>&1 &
     MASTER=$!
     for _ in $(seq 600); do
