@@ -58,6 +58,9 @@ use tracing::info;
 /// its inbox never run empty (it runs outside tokio's task budget).
 const LONGEST_ROUND: usize = 4096;
 
+/// Most commands taken from the pool's channel at once.
+const INBOX_BATCH: usize = 64;
+
 mod agents;
 mod breaker;
 mod dispatch;
@@ -380,6 +383,10 @@ impl Pool {
         self.tell_free();
         // Commands handled since the inbox was last empty.
         let mut streak = 0usize;
+        // Commands are taken from the channel many at a time: one pass
+        // through `select!` (and its polls of every branch) per batch, not
+        // per command.
+        let mut inbox: Vec<PoolCmd> = Vec::with_capacity(INBOX_BATCH);
         loop {
             if self.idle_check != armed {
                 armed = self.idle_check;
@@ -389,16 +396,15 @@ impl Pool {
             }
             // The table's clock is cleared before anything that may wait
             // (`JobTable::tick`): a reading never outlives its round.
-            let cmd = tokio::select! {
+            tokio::select! {
                 () = &mut idle_sleep, if armed.is_some() => {
                     self.idle_check = None;
                     self.shrink_idle();
                     self.table.tick();
                     continue;
                 }
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => cmd,
-                    None => return,
+                n = rx.recv_many(&mut inbox, INBOX_BATCH) => if n == 0 {
+                    return;
                 },
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.job_timed_out(expired.into_inner());
@@ -417,74 +423,85 @@ impl Pool {
                     continue;
                 }
             };
-            self.quiet = rx.is_empty();
-            match cmd {
-                PoolCmd::Submit(s) => self.submit(s),
-                PoolCmd::Stats(tx) => {
-                    let _ = tx.send(self.stats());
-                }
-                PoolCmd::Op { op, tx } => self.op(op, tx),
-                PoolCmd::Health(tx) => {
-                    let _ = tx.send(self.health());
-                }
-                PoolCmd::HandlerHello { hello, conn } => self.handler_hello(hello, conn),
-                PoolCmd::Child { id, event } => self.child_event(id, event),
-                PoolCmd::Respawn => {
-                    self.respawn_scheduled = false;
-                    self.replenish();
-                }
-                PoolCmd::StartSecs(id) => self.child_started(id),
-                PoolCmd::Shutdown => self.shutdown(),
-                PoolCmd::Restart => self.restart(),
-                PoolCmd::GraceExpired => self.grace_expired(),
-                PoolCmd::AgentJoined {
-                    id,
-                    name,
-                    address,
-                    slots,
-                } => self.agent_joined(id, name, address, slots),
-                PoolCmd::AgentChild {
-                    agent,
-                    pid,
-                    modules,
-                    ctl,
-                    tx,
-                } => {
-                    let _ = tx.send(self.agent_child(agent, pid, modules, ctl));
-                }
-                PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
-                PoolCmd::AgentDraining(id) => self.agent_draining(id),
-            }
-            self.quiet = false;
-            self.tell_free();
-            self.spin.note(self.busy > 0);
-            if rx.is_empty() {
-                self.round += 1;
-                streak = 0;
-                self.table.tick();
-            } else {
-                streak += 1;
-                // Times stay within some 64 commands of the clock.
-                if streak.is_multiple_of(64) {
-                    self.table.tick();
-                }
-                if streak >= LONGEST_ROUND {
+            let mut cmds = inbox.drain(..);
+            while let Some(cmd) = cmds.next() {
+                // Nothing waits behind this command: what it sends is the
+                // last of its round.
+                let last = cmds.len() == 0 && rx.is_empty();
+                self.quiet = last;
+                self.handle(cmd);
+                self.quiet = false;
+                self.tell_free();
+                self.spin.note(self.busy > 0);
+                if last {
+                    self.round += 1;
                     streak = 0;
-                    tokio::task::yield_now().await;
+                    self.table.tick();
+                } else {
+                    streak += 1;
+                    // Times stay within some 64 commands of the clock.
+                    if streak.is_multiple_of(64) {
+                        self.table.tick();
+                    }
+                    if streak >= LONGEST_ROUND {
+                        streak = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
+                if self.shutting_down && self.children.is_empty() {
+                    self.fail_remote();
+                    // Outcomes still on their way to the disk get there first.
+                    if let Some(mut store) = self.store.take() {
+                        store.close();
+                    }
+                    self.events.emit(|| Event::new("shutdown-done"));
+                    if let Some(done) = self.done.take() {
+                        let _ = done.send(());
+                    }
+                    return;
                 }
             }
-            if self.shutting_down && self.children.is_empty() {
-                self.fail_remote();
-                // Outcomes still on their way to the disk get there first.
-                if let Some(mut store) = self.store.take() {
-                    store.close();
-                }
-                self.events.emit(|| Event::new("shutdown-done"));
-                if let Some(done) = self.done.take() {
-                    let _ = done.send(());
-                }
-                return;
+        }
+    }
+
+    /// Carries out one command.
+    fn handle(&mut self, cmd: PoolCmd) {
+        match cmd {
+            PoolCmd::Submit(s) => self.submit(s),
+            PoolCmd::Stats(tx) => {
+                let _ = tx.send(self.stats());
             }
+            PoolCmd::Op { op, tx } => self.op(op, tx),
+            PoolCmd::Health(tx) => {
+                let _ = tx.send(self.health());
+            }
+            PoolCmd::HandlerHello { hello, conn } => self.handler_hello(hello, conn),
+            PoolCmd::Child { id, event } => self.child_event(id, event),
+            PoolCmd::Respawn => {
+                self.respawn_scheduled = false;
+                self.replenish();
+            }
+            PoolCmd::StartSecs(id) => self.child_started(id),
+            PoolCmd::Shutdown => self.shutdown(),
+            PoolCmd::Restart => self.restart(),
+            PoolCmd::GraceExpired => self.grace_expired(),
+            PoolCmd::AgentJoined {
+                id,
+                name,
+                address,
+                slots,
+            } => self.agent_joined(id, name, address, slots),
+            PoolCmd::AgentChild {
+                agent,
+                pid,
+                modules,
+                ctl,
+                tx,
+            } => {
+                let _ = tx.send(self.agent_child(agent, pid, modules, ctl));
+            }
+            PoolCmd::AgentGone { id, cause } => self.agent_gone(id, cause),
+            PoolCmd::AgentDraining(id) => self.agent_draining(id),
         }
     }
 }
