@@ -384,6 +384,9 @@ async fn serve<R: Reporter>(
     let mut gates: VecDeque<(u64, Option<Arc<Backlog>>)> = VecDeque::new();
     // The running job is sending parts.
     let mut streaming = false;
+    // Reports of the frames one read brought, told to the pool together
+    // before the task waits again.
+    let mut pending: Vec<ChildEvent> = Vec::new();
     loop {
         // The running job streams parts to a client that is not reading:
         // neither are we, so the child's socket fills and its `parts.send`
@@ -405,6 +408,7 @@ async fn serve<R: Reporter>(
         let frame = if let Some(frame) = buffered {
             frame
         } else {
+            report(id, &mut pending, pool);
             tokio::select! {
                 frame = codec::read_message::<FromHandler, _>(&mut reader), if !paused => frame,
                 // The client read: the loop reads the child again.
@@ -525,6 +529,7 @@ async fn serve<R: Reporter>(
                     // payload limit is the product's promise to clients.
                     let cause = format!("sent {size} bytes, over --max-payload {max_payload}");
                     warn!(pid = proc.pid, %cause, "child output too large; killing it");
+                    report(id, &mut pending, pool);
                     pool.child_event(id, ChildEvent::Broken { cause });
                     proc.kill();
                     trusted = false;
@@ -541,11 +546,12 @@ async fn serve<R: Reporter>(
                     FromHandler::Part { .. } => streaming = true,
                     FromHandler::Heartbeat => {}
                 }
-                forward(id, msg, pool);
+                pending.extend(event_of(msg));
                 // Frames already buffered decode without waiting, so a
                 // child streaming parts could fill the pool's queue
                 // faster than the pool empties it: let it run.
                 if frames & 63 == 0 {
+                    report(id, &mut pending, pool);
                     tokio::task::yield_now().await;
                 }
             }
@@ -571,6 +577,7 @@ async fn serve<R: Reporter>(
                 // frame could answer the wrong job. A frame that arrived
                 // wrong is the child's fault, named in its job's message.
                 warn!(pid = proc.pid, error = %e, "bad frame from child; killing it");
+                report(id, &mut pending, pool);
                 pool.child_event(
                     id,
                     ChildEvent::Broken {
@@ -583,6 +590,7 @@ async fn serve<R: Reporter>(
             }
         }
     }
+    report(id, &mut pending, pool);
     // The connection is gone; the process should follow.
     drop(writer);
     let info = match tokio::time::timeout(EXIT_WAIT, proc.reap()).await {
@@ -640,8 +648,25 @@ fn forward_journal<R: Reporter>(
     }
 }
 
+/// Tells the pool the reports gathered so far: one alone as it is (no
+/// allocation), more in one message.
+fn report<R: Reporter>(id: ChildId, pending: &mut Vec<ChildEvent>, pool: &R) {
+    match pending.len() {
+        0 => {}
+        1 => pool.child_event(id, pending.pop().expect("one report")),
+        _ => pool.child_events(id, std::mem::take(pending)),
+    }
+}
+
 fn forward<R: Reporter>(id: ChildId, msg: FromHandler, pool: &R) {
-    let event = match msg {
+    if let Some(event) = event_of(msg) {
+        pool.child_event(id, event);
+    }
+}
+
+/// What a frame from the child reports to the pool (a heartbeat: nothing).
+fn event_of(msg: FromHandler) -> Option<ChildEvent> {
+    Some(match msg {
         FromHandler::Part { job, data } => ChildEvent::Part { job, data },
         FromHandler::Done {
             job,
@@ -663,7 +688,6 @@ fn forward<R: Reporter>(id: ChildId, msg: FromHandler, pool: &R) {
             message,
             retire,
         },
-        FromHandler::Heartbeat => return,
-    };
-    pool.child_event(id, event);
+        FromHandler::Heartbeat => return None,
+    })
 }

@@ -138,6 +138,9 @@ pub async fn serve(
     // (frames in, frames out) when the idle timer last fired; the Welcome
     // is the first frame out.
     let mut seen = (0u64, 1u64);
+    // Submits one read brought, handed to the pool together before the
+    // loop waits again (or before anything that must follow them).
+    let mut pending: Vec<Submission> = Vec::new();
     loop {
         // A client that does not read its answers gets no more requests
         // read (flow control by bytes, as --max-in-flight is by count).
@@ -151,6 +154,7 @@ pub async fn serve(
         let frame = if let Some(frame) = buffered {
             frame
         } else {
+            submit_pending(&pool, &mut pending);
             tokio::select! {
                 biased;
                 _ = over_watch.run(client_over.as_mut()) => {
@@ -178,6 +182,11 @@ pub async fn serve(
             }
         };
         received += 1;
+        // A job operation or a subscription comes after the submits read
+        // before it.
+        if !matches!(frame, Ok(Some(ToMaster::Submit { .. }))) {
+            submit_pending(&pool, &mut pending);
+        }
         match frame {
             Ok(Some(ToMaster::Submit {
                 tag,
@@ -192,11 +201,19 @@ pub async fn serve(
                     warn!(%peer, input = input.len(), context = context.len(), "submit over the size limits; closing");
                     break;
                 }
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore never closed");
+                let permit = match permits.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    // At --max-in-flight: the submits held here must reach
+                    // the pool, whose answers free the places.
+                    Err(_) => {
+                        submit_pending(&pool, &mut pending);
+                        permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("semaphore never closed")
+                    }
+                };
                 let detach = options.detach || options.start_later;
                 let (reply, ack) = if detach {
                     let ack = Ack::Conn {
@@ -215,7 +232,7 @@ pub async fn serve(
                     });
                     (reply, None)
                 };
-                pool.submit(Submission {
+                pending.push(Submission {
                     module,
                     input,
                     options,
@@ -223,6 +240,9 @@ pub async fn serve(
                     ack,
                     waiter: None,
                 });
+                if pending.len() >= SUBMIT_BATCH {
+                    submit_pending(&pool, &mut pending);
+                }
             }
             Ok(Some(
                 msg @ (ToMaster::Status { .. }
@@ -323,6 +343,20 @@ pub async fn serve(
                 break;
             }
         }
+    }
+    submit_pending(&pool, &mut pending);
+}
+
+/// Most submits held before they go to the pool.
+const SUBMIT_BATCH: usize = 64;
+
+/// Hands the held submits to the pool: one alone as it is (no
+/// allocation), more in one message.
+fn submit_pending(pool: &PoolHandle, pending: &mut Vec<Submission>) {
+    match pending.len() {
+        0 => {}
+        1 => pool.submit(pending.pop().expect("one submit")),
+        _ => pool.submit_many(std::mem::take(pending)),
     }
 }
 

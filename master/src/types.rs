@@ -23,6 +23,14 @@ pub use taskmaster_proto::hash::{FastMap, FastSet};
 pub trait Reporter: Clone + Send + Sync + 'static {
     /// Child `id` reports `event`.
     fn child_event(&self, id: ChildId, event: ChildEvent);
+
+    /// Child `id` reports `events`, in order (what one read of its socket
+    /// brought).
+    fn child_events(&self, id: ChildId, events: Vec<ChildEvent>) {
+        for event in events {
+            self.child_event(id, event);
+        }
+    }
 }
 
 /// What a child's task reports.

@@ -14,12 +14,18 @@ impl crate::types::Reporter for PoolHandle {
     fn child_event(&self, id: ChildId, event: ChildEvent) {
         PoolHandle::child_event(self, id, event);
     }
+
+    fn child_events(&self, id: ChildId, events: Vec<ChildEvent>) {
+        self.send(PoolCmd::ChildEvents { id, events });
+    }
 }
 
 /// Messages to the pool actor.
 pub enum PoolCmd {
     /// A client's job.
     Submit(Submission),
+    /// Jobs one read of a client's socket brought, in order.
+    Submits(Vec<Submission>),
     /// Current figures.
     Stats(oneshot::Sender<Stats>),
     /// A job operation.
@@ -44,6 +50,15 @@ pub enum PoolCmd {
         id: ChildId,
         /// What happened.
         event: ChildEvent,
+    },
+    /// A child's task reports what one read of the child's socket
+    /// brought: one message for many answers (each message through the
+    /// channel costs a few hundred instructions).
+    ChildEvents {
+        /// Which child.
+        id: ChildId,
+        /// What happened, in order.
+        events: Vec<ChildEvent>,
     },
     /// The back-off delay after start-up failures is over.
     Respawn,
@@ -163,6 +178,10 @@ impl PoolHandle {
     /// Submits a job; its answers go to its reply.
     pub fn submit(&self, submission: Submission) {
         self.send(PoolCmd::Submit(submission));
+    }
+    /// Submits jobs, in order, in one message.
+    pub fn submit_many(&self, submissions: Vec<Submission>) {
+        self.send(PoolCmd::Submits(submissions));
     }
     /// Current figures, or `None` if the pool has stopped.
     pub async fn stats(&self) -> Option<Stats> {

@@ -468,6 +468,14 @@ impl Pool {
     fn handle(&mut self, cmd: PoolCmd) {
         match cmd {
             PoolCmd::Submit(s) => self.submit(s),
+            PoolCmd::Submits(all) => {
+                let quiet = self.quiet;
+                let n = all.len();
+                for (i, s) in all.into_iter().enumerate() {
+                    self.quiet = quiet && i + 1 == n;
+                    self.submit(s);
+                }
+            }
             PoolCmd::Stats(tx) => {
                 let _ = tx.send(self.stats());
             }
@@ -477,6 +485,15 @@ impl Pool {
             }
             PoolCmd::HandlerHello { hello, conn } => self.handler_hello(hello, conn),
             PoolCmd::Child { id, event } => self.child_event(id, event),
+            PoolCmd::ChildEvents { id, events } => {
+                // Only the last of them may be the last answer of a round.
+                let quiet = self.quiet;
+                let n = events.len();
+                for (i, event) in events.into_iter().enumerate() {
+                    self.quiet = quiet && i + 1 == n;
+                    self.child_event(id, event);
+                }
+            }
             PoolCmd::Respawn => {
                 self.respawn_scheduled = false;
                 self.replenish();
