@@ -196,8 +196,15 @@ type Final = (u64, Result<Bytes, Reason>);
 
 impl Harness {
     fn submit(&mut self, module: &str, input: &str) -> u64 {
+        let s = self.submission(module, input);
+        self.pool.submit(s);
+        self.next_tag
+    }
+
+    /// A job answering to this harness, with the next tag.
+    fn submission(&mut self, module: &str, input: &str) -> Submission {
         self.next_tag += 1;
-        self.pool.submit(Submission {
+        Submission {
             module: module.into(),
             input: Bytes::from(input.to_owned()),
             options: Default::default(),
@@ -210,8 +217,7 @@ impl Harness {
             }),
             ack: None,
             waiter: None,
-        });
-        self.next_tag
+        }
     }
 
     async fn next_final(&mut self) -> Final {
@@ -250,6 +256,23 @@ async fn prespawns_and_answers() {
     assert_eq!(h.fake.launched.load(Ordering::SeqCst), 2);
     let tag = h.submit("echo", "hello");
     assert_eq!(h.next_final().await, (tag, Ok(Bytes::from("hello"))));
+}
+
+/// Submits handed over together (one read of a client's socket) are
+/// admitted one by one, in order, as if sent apart.
+#[tokio::test(start_paused = true)]
+async fn submits_handed_over_together_are_admitted_in_order() {
+    let mut h = harness(1, 1, 2);
+    h.wait_for("ready", |s| s.pool.idle == 1).await;
+    let batch: Vec<Submission> = (0..4).map(|_| h.submission("sleep", "10")).collect();
+    h.pool.submit_many(batch);
+    // One runs, two wait (job-max 2), the fourth is refused at once.
+    assert_eq!(h.next_final().await, (4, Err(Reason::Overload)));
+    for tag in 1..=3 {
+        let (got, out) = h.next_final().await;
+        assert_eq!(got, tag);
+        assert!(out.is_ok(), "{out:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
