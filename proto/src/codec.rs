@@ -1,5 +1,5 @@
 //! Framing and encoding: the only place that calls bincode, so the format can
-//! be swapped in this one file.
+//! be swapped here (with `header.rs`, which reads hot headers by hand).
 //!
 //! A frame is a 4-byte big-endian length, then that many bytes: a bincode
 //! header (little-endian, fixed-width integers) and, for messages that carry
@@ -7,6 +7,7 @@
 //! against the limit before anything is allocated, and bincode itself is
 //! bounded to [`HEADER_LIMIT`] so a small frame cannot claim a huge vector.
 
+use crate::header::Header;
 use crate::messages::Message;
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -118,8 +119,11 @@ pub fn encode<M: Message>(msg: &M, dst: &mut BytesMut) -> Result<(), CodecError>
 /// Decodes one frame's body (the bytes after the length prefix). The payload
 /// is split off the frame without copying.
 pub fn decode<M: Message>(mut frame: BytesMut) -> Result<M, CodecError> {
-    let (mut msg, used): (M, usize) = bincode::serde::decode_from_slice(&frame, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (mut msg, used): (M, usize) = match fast_header::<M>(&frame) {
+        Some(decoded) => decoded,
+        None => bincode::serde::decode_from_slice(&frame, config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?,
+    };
     let tail = frame.split_off(used).freeze();
     let tail_len = tail.len();
     if !msg.set_payload(tail) && tail_len != 0 {
@@ -128,6 +132,25 @@ pub fn decode<M: Message>(mut frame: BytesMut) -> Result<M, CodecError> {
         )));
     }
     Ok(msg)
+}
+
+/// The header of one of the few messages on every job's path (a submit,
+/// an answer), read by [`Message::decode_header`] instead of serde: bincode
+/// through serde spends some 500 instructions on a header these read in a
+/// few dozen. Anything they do not read whole and exactly as bincode
+/// would (another variant, a bad bool, invalid UTF-8, a header over
+/// [`HEADER_LIMIT`]) goes to bincode, which decides.
+pub(crate) fn fast_header<M: Message>(frame: &[u8]) -> Option<(M, usize)> {
+    let mut header = Header::new(&frame[..frame.len().min(HEADER_LIMIT)]);
+    let msg = M::decode_header(&mut header)?;
+    Some((msg, header.read()))
+}
+
+/// What bincode alone makes of a header (the reference the hand-read
+/// headers are tested against).
+#[cfg(test)]
+pub(crate) fn by_bincode<M: Message>(frame: &[u8]) -> Option<(M, usize)> {
+    bincode::serde::decode_from_slice(frame, config()).ok()
 }
 
 /// Encodes a value for a typed job input or output: bincode's standard

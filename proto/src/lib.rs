@@ -52,6 +52,9 @@ pub mod client;
 pub mod codec;
 pub mod handshake;
 pub mod hash;
+pub mod header;
+#[cfg(test)]
+mod header_tests;
 pub mod jobs;
 pub mod journal;
 pub mod messages;

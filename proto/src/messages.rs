@@ -22,6 +22,11 @@ pub trait Message: Serialize + DeserializeOwned {
     /// Puts the decoded payload in place; `false` if this variant has none
     /// (then a non-empty tail is a malformed frame).
     fn set_payload(&mut self, payload: Bytes) -> bool;
+    /// The header read by hand, for the variants on every job's path;
+    /// `None` leaves it to bincode (see `codec::fast_header`).
+    fn decode_header(_: &mut crate::header::Header<'_>) -> Option<Self> {
+        None
+    }
 }
 
 /// The first frame on every connection: it names the role.
@@ -153,6 +158,21 @@ pub enum FromHandler {
 }
 
 impl Message for FromHandler {
+    fn decode_header(h: &mut crate::header::Header<'_>) -> Option<Self> {
+        // Variant indexes in declaration order: Part 0, Done 1.
+        match h.u32()? {
+            0 => Some(FromHandler::Part {
+                job: h.u64()?,
+                data: Bytes::new(),
+            }),
+            1 => Some(FromHandler::Done {
+                job: h.u64()?,
+                retire: h.bool()?,
+                output: Bytes::new(),
+            }),
+            _ => None,
+        }
+    }
     fn payload(&self) -> Option<&Bytes> {
         match self {
             FromHandler::Part { data, .. } => Some(data),
@@ -245,6 +265,34 @@ pub enum ToMaster {
 }
 
 impl Message for ToMaster {
+    fn decode_header(h: &mut crate::header::Header<'_>) -> Option<Self> {
+        // Submit is variant 0; its fields and `SubmitOptions`' in
+        // declaration order.
+        if h.u32()? != 0 {
+            return None;
+        }
+        let tag = h.u64()?;
+        let module = h.str()?.to_owned();
+        let context = Bytes::copy_from_slice(h.bytes()?);
+        let detach = h.bool()?;
+        let start_later = h.bool()?;
+        let timeout_ms = if h.some()? { Some(h.u64()?) } else { None };
+        let priority = *crate::jobs::Priority::ALL.get(usize::try_from(h.u32()?).ok()?)?;
+        let retries = h.u32()?;
+        Some(ToMaster::Submit {
+            tag,
+            module,
+            context,
+            options: crate::jobs::SubmitOptions {
+                detach,
+                start_later,
+                timeout_ms,
+                priority,
+                retries,
+            },
+            input: Bytes::new(),
+        })
+    }
     fn payload(&self) -> Option<&Bytes> {
         match self {
             ToMaster::Submit { input, .. } => Some(input),
