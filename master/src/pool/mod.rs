@@ -464,18 +464,22 @@ impl Pool {
         }
     }
 
+    /// Carries out the items of a batch message in order, as if each came
+    /// alone: only the last may be the last of its round (`quiet`).
+    fn each<T>(&mut self, items: Vec<T>, mut one: impl FnMut(&mut Pool, T)) {
+        let quiet = self.quiet;
+        let n = items.len();
+        for (i, item) in items.into_iter().enumerate() {
+            self.quiet = quiet && i + 1 == n;
+            one(self, item);
+        }
+    }
+
     /// Carries out one command.
     fn handle(&mut self, cmd: PoolCmd) {
         match cmd {
             PoolCmd::Submit(s) => self.submit(s),
-            PoolCmd::Submits(all) => {
-                let quiet = self.quiet;
-                let n = all.len();
-                for (i, s) in all.into_iter().enumerate() {
-                    self.quiet = quiet && i + 1 == n;
-                    self.submit(s);
-                }
-            }
+            PoolCmd::Submits(all) => self.each(all, Pool::submit),
             PoolCmd::Stats(tx) => {
                 let _ = tx.send(self.stats());
             }
@@ -486,13 +490,7 @@ impl Pool {
             PoolCmd::HandlerHello { hello, conn } => self.handler_hello(hello, conn),
             PoolCmd::Child { id, event } => self.child_event(id, event),
             PoolCmd::ChildEvents { id, events } => {
-                // Only the last of them may be the last answer of a round.
-                let quiet = self.quiet;
-                let n = events.len();
-                for (i, event) in events.into_iter().enumerate() {
-                    self.quiet = quiet && i + 1 == n;
-                    self.child_event(id, event);
-                }
+                self.each(events, |pool, event| pool.child_event(id, event));
             }
             PoolCmd::Respawn => {
                 self.respawn_scheduled = false;
